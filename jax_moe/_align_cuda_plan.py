@@ -1,0 +1,22 @@
+"""Launch plan of the CUDA align kernels, mirrored from cc/align/align_plan.h.
+
+The CUDA custom call writes per-CTA histograms into a device workspace that the
+lowering adds as an extra result; its size must be at least what the handler
+computes (the handler checks and fails loudly otherwise).
+"""
+from __future__ import annotations
+
+# Keep in sync with cc/align/align_plan.h.
+TILE = 4096          # routes per CTA tile (threads x items per thread)
+MAX_CTAS = 256       # CTAs of the multi-block path
+SMALL_NUMEL = 4096   # up to this many routes: one launch of one block
+
+
+def num_ctas(numel: int) -> int:
+    return max(1, min(MAX_CTAS, -(-numel // TILE)))
+
+
+def workspace_words(numel: int, num_local: int) -> int:
+    """int32 words: per-CTA histograms [L+1, G] plus per-expert starts [L+1]."""
+    g = num_ctas(numel)
+    return (num_local + 1) * g + (num_local + 1) + 1
