@@ -22,7 +22,7 @@ install: $(STAMP)
 	$(PY) -m pip install -q --no-build-isolation --no-deps .
 
 test: install
-	$(PY) -m pytest -q tests
+	$(VENV)/bin/pytest -q tests
 
 demo: install
 	$(PY) examples/demo.py

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 # Keep in sync with cc/align/align_plan.h.
 TILE = 4096          # routes per CTA tile (threads x items per thread)
-MAX_CTAS = 256       # CTAs of the multi-block path
-SMALL_NUMEL = 4096   # up to this many routes: one launch of one block
+MAX_CTAS = 128       # CTAs of the multi-block path (about one per SM)
 
 
 def num_ctas(numel: int) -> int:
@@ -17,6 +16,6 @@ def num_ctas(numel: int) -> int:
 
 
 def workspace_words(numel: int, num_local: int) -> int:
-    """int32 words: per-CTA histograms [L+1, G] plus per-expert starts [L+1]."""
+    """int32 words: per-CTA offsets [G, L], expert starts [L+1], counts [L]."""
     g = num_ctas(numel)
-    return (num_local + 1) * g + (num_local + 1) + 1
+    return g * num_local + 2 * num_local + 1

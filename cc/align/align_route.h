@@ -34,6 +34,43 @@ JAX_MOE_HD int64_t AlignPaddedLength(int64_t numel, int64_t num_local,
   return p;
 }
 
+// Integer dtypes of ids, for kernels that read them through a void pointer (one
+// kernel instantiation serves every dtype; the switch is uniform per launch).
+enum class IdKind : int32_t { kS8, kS16, kS32, kS64, kU8, kU16, kU32, kU64 };
+
+template <typename Id>
+constexpr IdKind IdKindOf() {
+  if constexpr (std::is_same_v<Id, int8_t>) return IdKind::kS8;
+  else if constexpr (std::is_same_v<Id, int16_t>) return IdKind::kS16;
+  else if constexpr (std::is_same_v<Id, int32_t>) return IdKind::kS32;
+  else if constexpr (std::is_same_v<Id, int64_t>) return IdKind::kS64;
+  else if constexpr (std::is_same_v<Id, uint8_t>) return IdKind::kU8;
+  else if constexpr (std::is_same_v<Id, uint16_t>) return IdKind::kU16;
+  else if constexpr (std::is_same_v<Id, uint32_t>) return IdKind::kU32;
+  else return IdKind::kU64;
+}
+
+// AlignLocalExpert of element i of an id array of dtype `kind`.
+JAX_MOE_HD int32_t AlignLocalExpertAt(const void* ids, IdKind kind, int64_t i,
+                                      int64_t num_experts, const int32_t* expert_map,
+                                      int32_t num_local) {
+  switch (kind) {
+#define JAX_MOE_CASE(K, T) \
+  case IdKind::K:          \
+    return AlignLocalExpert(static_cast<const T*>(ids)[i], num_experts, expert_map, num_local);
+    JAX_MOE_CASE(kS8, int8_t)
+    JAX_MOE_CASE(kS16, int16_t)
+    JAX_MOE_CASE(kS32, int32_t)
+    JAX_MOE_CASE(kS64, int64_t)
+    JAX_MOE_CASE(kU8, uint8_t)
+    JAX_MOE_CASE(kU16, uint16_t)
+    JAX_MOE_CASE(kU32, uint32_t)
+    JAX_MOE_CASE(kU64, uint64_t)
+#undef JAX_MOE_CASE
+  }
+  return num_local;
+}
+
 JAX_MOE_HD int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace jax_moe

@@ -1,0 +1,42 @@
+// Launch plan of the CUDA align kernels. jax_moe/_align_cuda_plan.py mirrors the
+// workspace size; the handler checks the workspace it gets is large enough.
+#pragma once
+
+#include <cstdint>
+
+#include "common/hd.h"
+
+namespace jax_moe {
+namespace align_plan {
+
+// Multi-block path: CTAs of kThreads x kItems routes per tile.
+constexpr int kThreads = 256;
+constexpr int kItems = 16;
+constexpr int64_t kTile = kThreads * kItems;
+constexpr int64_t kMaxCtas = 128;
+
+// Single-block path (one launch): up to kSmallTile routes and kSmallMaxExperts
+// local experts (per-expert tables live in shared memory).
+constexpr int kSmallThreads = 1024;
+constexpr int kSmallItems = 8;
+constexpr int64_t kSmallTile = kSmallThreads * kSmallItems;
+constexpr int kTinyThreads = 256;
+constexpr int kTinyItems = 4;
+constexpr int64_t kTinyTile = kTinyThreads * kTinyItems;
+constexpr int64_t kSmallMaxExperts = 4096;
+
+JAX_MOE_HD int64_t NumCtas(int64_t numel) {
+  int64_t g = (numel + kTile - 1) / kTile;
+  return g < 1 ? 1 : (g > kMaxCtas ? kMaxCtas : g);
+}
+
+// Routes per CTA (the same in the histogram and scatter kernels).
+JAX_MOE_HD int64_t CtaChunk(int64_t numel, int64_t ctas) { return (numel + ctas - 1) / ctas; }
+
+// Workspace (int32 words): offsets [G, L] | starts [L + 1] | counts [L].
+JAX_MOE_HD int64_t WorkspaceWords(int64_t numel, int64_t num_local) {
+  return NumCtas(numel) * num_local + 2 * num_local + 1;
+}
+
+}  // namespace align_plan
+}  // namespace jax_moe

@@ -1,0 +1,106 @@
+"""moe_align_block_size on CUDA equals the CPU kernel bit for bit (marker gpu).
+
+Covers both CUDA paths (single block up to 8192 routes and <= 4096 local
+experts; multi block beyond) and their boundaries, all id dtypes, expert maps,
+vmapped batches, and repeated runs."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_moe
+from jax_moe import _align_cuda_plan as plan
+from reference_align import align_reference
+from test_align import random_ids
+
+pytestmark = pytest.mark.gpu
+
+
+
+def both(fn, *args):
+    cpu, gpu = jax.devices("cpu")[0], jax.devices("cuda")[0]
+    outs = []
+    for dev in (cpu, gpu):
+        placed = [jax.device_put(a, dev) for a in args]
+        outs.append([np.asarray(o) for o in jax.jit(fn)(*placed)])
+    return outs
+
+
+def assert_same(a, b, what=""):
+    for x, y, name in zip(a, b, ("sorted_token_ids", "expert_ids", "num_tokens_post_pad")):
+        assert x.shape == y.shape, (what, name)
+        np.testing.assert_array_equal(x, y, err_msg=f"{what} {name}")
+
+
+# Route counts at and around every path boundary.
+NUMELS = sorted({0, 1, 2, 255, 1023, 1024, 1025, 4095, 4096, 4097, 8191, 8192, 8193,
+                 plan.TILE * 2 + 1, plan.TILE * plan.MAX_CTAS - 1, plan.TILE * plan.MAX_CTAS + 7,
+                 65536 * 8})
+EXPERTS = [1, 8, 64, 256, 1024, 4095, 4096, 4097, 6000]
+
+
+def cases(rng, n):
+    out = []
+    combos = list(itertools.product(NUMELS, EXPERTS))
+    rng.shuffle(combos)
+    for numel, E in combos[:n]:
+        bs = int(rng.choice([1, 3, 16, 64, 128, 256]))
+        K = int(rng.choice([1, 2, 8]))
+        if numel % K:
+            K = 1
+        out.append((numel, K, E, bs))
+    return out
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_cuda_equals_cpu_random(rng, chunk):
+    for numel, K, E, bs in cases(rng, 55):
+        dtype = rng.choice([np.int32, np.uint32, np.int16, np.int8]) if E < 100 else np.int32
+        ids = random_ids(rng, (numel // K, K), E, dtype)
+        pad = bool(rng.integers(2))
+        f = lambda x: jax_moe.moe_align_block_size(x, E, bs, pad_sorted_ids=pad)
+        cpu, gpu = both(f, ids)
+        assert_same(cpu, gpu, f"numel={numel} E={E} bs={bs} {dtype}")
+        if numel <= 4096:
+            assert_same(gpu, align_reference(ids, E, bs, pad_sorted_ids=pad))
+
+
+def test_cuda_expert_map(rng):
+    for numel, E in [(100, 64), (5000, 256), (70000, 256), (20000, 4096)]:
+        L = int(rng.integers(1, E + 1))
+        emap = np.where(rng.random(E) < .3, -1, rng.integers(0, L + 3, size=E)).astype(np.int32)
+        ids = random_ids(rng, (numel,), E)
+        f = lambda x, m: jax_moe.moe_align_block_size(x, E, 16, expert_map=m, num_local_experts=L)
+        cpu, gpu = both(f, ids, emap)
+        assert_same(cpu, gpu, f"map numel={numel}")
+
+
+def test_cuda_vmap(rng):
+    for numel in (300, 20000):
+        ids = random_ids(rng, (5, numel // 2, 2), 64)
+        cpu, gpu = both(jax.vmap(lambda x: jax_moe.moe_align_block_size(x, 64, 32)), ids)
+        assert_same(cpu, gpu, f"vmap numel={numel}")
+
+
+def test_cuda_int64(rng):
+    with jax.enable_x64(True):
+        ids = random_ids(rng, (3000, 4), 77, np.int64)
+        ids[0, 0] = 2**40
+        cpu, gpu = both(lambda x: jax_moe.moe_align_block_size(x, 77, 8), ids)
+        assert_same(cpu, gpu)
+
+
+def test_cuda_repeated_runs_identical(rng):
+    ids = jax.device_put(random_ids(rng, (65536, 8), 256), jax.devices("cuda")[0])
+    f = jax.jit(lambda x: jax_moe.moe_align_block_size(x, 256, 64))
+    first = [np.asarray(o) for o in f(ids)]
+    for _ in range(5):
+        assert_same(first, [np.asarray(o) for o in f(ids)])
+
+
+def test_cuda_seed_shape_against_reference(rng):
+    ids = random_ids(rng, (4096, 2), 64)
+    _, gpu = both(lambda x: jax_moe.moe_align_block_size(x, 64, 128), ids)
+    assert_same(gpu, align_reference(ids, 64, 128))
