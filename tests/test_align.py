@@ -146,7 +146,7 @@ def test_grad_of_surrounding_code(rng):
 
 
 def test_shard_map_per_shard_semantics(rng):
-    mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,), devices=jax.devices("cpu"))
     E, bs = 16, 4
     ids = random_ids(rng, (8 * 24, 2), E)
     f = jax.shard_map(lambda x: jax_moe.moe_align_block_size(x, E, bs), mesh=mesh,
@@ -160,7 +160,7 @@ def test_shard_map_per_shard_semantics(rng):
 
 
 def test_shard_map_rejects_replicated_out_specs(rng):
-    mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,), devices=jax.devices("cpu"))
     ids = jax.device_put(random_ids(rng, (64, 2), 8), NamedSharding(mesh, P("x")))
     f = jax.shard_map(lambda x: jax_moe.moe_align_block_size(x, 8, 4)[2], mesh=mesh,
                       in_specs=P("x"), out_specs=P(), check_vma=True)
@@ -170,7 +170,7 @@ def test_shard_map_rejects_replicated_out_specs(rng):
 
 @pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
 def test_jit_sharded_batch_stays_sharded(rng, axis_type):
-    mesh = jax.make_mesh((8,), ("x",), axis_types=(getattr(jax.sharding.AxisType, axis_type),))
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(getattr(jax.sharding.AxisType, axis_type),), devices=jax.devices("cpu"))
     E, bs = 16, 8
     ids = random_ids(rng, (8, 40, 2), E)
     x = jax.device_put(ids, NamedSharding(mesh, P("x")))
@@ -184,7 +184,7 @@ def test_jit_sharded_batch_stays_sharded(rng, axis_type):
 
 
 def test_jit_sharded_routes_equals_unsharded(rng):
-    mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices("cpu"))
     ids = random_ids(rng, (64, 2), 16)
     x = jax.device_put(ids, NamedSharding(mesh, P("x")))
     got = jax.jit(lambda a: jax_moe.moe_align_block_size(a, 16, 4))(x)
