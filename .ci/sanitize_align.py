@@ -1,0 +1,16 @@
+"""Small CUDA workload for compute-sanitizer: both align paths, wild ids, maps."""
+import jax
+import numpy as np
+
+import jax_moe
+
+rng = np.random.default_rng(1)
+for numel, E, bs in [(7, 8, 4), (1000, 64, 128), (8192, 256, 64), (40000, 64, 16), (20000, 6000, 8)]:
+    ids = rng.integers(-5, E + 5, size=numel).astype(np.int32)
+    ids[:3] = [np.iinfo(np.int32).min, np.iinfo(np.int32).max, -1]
+    out = jax.jit(lambda x: jax_moe.moe_align_block_size(x, E, bs))(ids)
+    emap = rng.integers(-1, E // 2 + 3, size=E).astype(np.int32)
+    out2 = jax.jit(lambda x, m: jax_moe.moe_align_block_size(
+        x, E, bs, expert_map=m, num_local_experts=max(E // 2, 1)))(ids, emap)
+    jax.block_until_ready((out, out2))
+print("sanitize workload done")
