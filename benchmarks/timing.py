@@ -1,41 +1,114 @@
-"""Device-side timing of a jitted op: per-call time from the slope of chains.
+"""Device-side timing of a jitted op.
 
-One jitted program runs the op `n` times on `n` distinct inputs (so XLA can
-neither merge the calls nor serve them from one cached input), back to back on
-the device. Timing chains of two lengths and taking the difference cancels the
-fixed cost of dispatch and synchronisation; what is left is the device time per
-call, launch gaps included (as in a real model step). Medians over repeats.
+GPU: one jitted program calls the op `n` times on `n` distinct inputs (so XLA
+can neither merge the calls nor serve them from one input); the program runs
+`runs` times under the JAX profiler, and the kernels' own start/end times are
+read back from the trace (jax.profiler.ProfileData). Per call we report
+- busy: summed kernel time per call (what the op costs the GPU), and
+- span: median over runs of (last kernel end - first kernel start) / n, which
+  adds the gaps between kernels (launch latency, and host stalls if any).
+CPU: wall-clock slope of two chain lengths (cancels dispatch cost), median.
 """
 from __future__ import annotations
 
+import glob
 import statistics
+import tempfile
 import time
 
 import jax
 
+try:
+    from jax.profiler import ProfileData
+except ImportError:  # pragma: no cover
+    ProfileData = None
+
 
 def _chain(fn, n):
-    def run(*stacked):
-        return [fn(*(a[i] for a in stacked)) for i in range(n)]
+    def run(*per_call):
+        return [fn(*args) for args in per_call]
     return jax.jit(run)
 
 
-def per_call_seconds(fn, make_inputs, *, short=8, long=40, repeats=15, device=None):
-    """Median per-call device time of `fn(*inputs)`; make_inputs(i) -> tuple."""
+def _inputs(make_inputs, n, device):
+    return [tuple(jax.device_put(x, device) for x in make_inputs(i)) for i in range(n)]
+
+
+def _gpu_kernel_events(trace_dir):
+    path = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
+    data = ProfileData.from_file(path)
+    events = []
+    for plane in data.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            if "Stream" not in line.name:
+                continue
+            for e in line.events:
+                if "memcpy" in e.name.lower() or "memset" in e.name.lower():
+                    continue
+                events.append((e.start_ns, e.start_ns + e.duration_ns, e.name))
+    return sorted(events)
+
+
+def _split_runs(events, runs):
+    """Splits a sorted event list into `runs` groups at the largest gaps."""
+    if runs == 1 or len(events) < runs:
+        return [events]
+    gaps = sorted(range(1, len(events)), key=lambda i: events[i][0] - events[i - 1][1])[-(runs - 1):]
+    cuts = [0] + sorted(gaps) + [len(events)]
+    return [events[a:b] for a, b in zip(cuts, cuts[1:])]
+
+
+def gpu_per_call(fn, make_inputs, *, n=20, runs=5, device=None):
+    """{'busy_s', 'span_s', 'kernels'} per call of fn on a GPU device."""
     device = device or jax.devices()[0]
-    inputs = [make_inputs(i) for i in range(long)]
+    args = _inputs(make_inputs, n, device)
+    f = _chain(fn, n)
+    jax.block_until_ready(f(*args))  # compile, autotune, warm up
+    jax.block_until_ready(f(*args))
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            for _ in range(runs):
+                jax.block_until_ready(f(*args))
+                time.sleep(0.002)  # a clear gap between runs
+        events = _gpu_kernel_events(d)
+    if not events:
+        raise RuntimeError("no GPU kernel events in the profile")
+    busy = sum(b - a for a, b, _ in events) / (runs * n) * 1e-9
+    spans = [(g[-1][1] - g[0][0]) / n * 1e-9 for g in _split_runs(events, runs) if g]
+    return {"busy_s": busy, "span_s": statistics.median(spans),
+            "kernels": len(events) / (runs * n)}
+
+
+def wall_per_call(fn, make_inputs, *, short=4, long=24, repeats=9, device=None):
+    """Median per-call time from the slope of two chain lengths (CPU)."""
+    device = device or jax.devices()[0]
+    args = _inputs(make_inputs, long, device)
     timings = {}
     for n in (short, long):
-        # Each input a separate buffer: the chain reads n distinct arrays.
-        args = [tuple(jax.device_put(x, device) for x in inp) for inp in inputs[:n]]
-        stacked = [tuple(a[j] for a in args) for j in range(len(args[0]))]
         f = _chain(fn, n)
-        jax.block_until_ready(f(*stacked))  # compile + warm up
-        jax.block_until_ready(f(*stacked))
+        jax.block_until_ready(f(*args[:n]))
         samples = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            jax.block_until_ready(f(*stacked))
+            jax.block_until_ready(f(*args[:n]))
             samples.append(time.perf_counter() - t0)
         timings[n] = statistics.median(samples)
     return max((timings[long] - timings[short]) / (long - short), 0.0)
+
+
+def measure(fn, make_inputs, *, device=None):
+    """{'us', 'span_us', 'kernels'} per call: GPU busy time from the profiler
+    (span and kernel count beside it); on CPU the wall slope (no span)."""
+    device = device or jax.devices()[0]
+    if device.platform in ("gpu", "cuda"):
+        r = gpu_per_call(fn, make_inputs, device=device)
+        return {"us": r["busy_s"] * 1e6, "span_us": r["span_s"] * 1e6, "kernels": r["kernels"]}
+    return {"us": wall_per_call(fn, make_inputs, device=device) * 1e6, "span_us": None,
+            "kernels": None}
+
+
+def per_call_seconds(fn, make_inputs, *, device=None):
+    """Per-call device time in seconds (see measure)."""
+    return measure(fn, make_inputs, device=device)["us"] * 1e-6
