@@ -6,13 +6,13 @@
 // route index, as in the CPU kernel (bit-identical outputs).
 //
 // Two paths:
-// - single block (numel <= kSmallTile, L <= kSmallMaxExperts): one launch; sort
-//   the one tile, take counts from the sorted runs, scan the experts, then write
-//   every output slot once (a gather from the sorted tile: coalesced).
+// - small (numel <= kSmallTile, L <= kSmallMaxExperts): one launch. CTA 0 sorts
+//   the single tile and scatters the routes to expert start + rank; the other
+//   CTAs write the padding (P can be far larger than numel: L * (bs - 1)).
 // - multi block: (1) per-CTA expert histograms, (2) one CTA scans them into
-//   per-CTA offsets and expert starts, (3) every CTA re-sorts its tiles and
-//   scatters its routes to start + CTA offset + rank, and fills its share of the
-//   padding slots and block owners. No global atomics on expert counters.
+//   per-CTA offsets and expert starts, (3) CTAs re-sort their tiles and scatter
+//   their routes to start + CTA offset + rank, while extra CTAs fill padding
+//   slots and block owners. No global atomics on expert counters.
 #include <cub/block/block_discontinuity.cuh>
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
@@ -86,16 +86,6 @@ struct TileSorter {
   }
 };
 
-// Last e in [0, n) with starts[e] <= s (starts non-decreasing, starts[0] = 0).
-__device__ __forceinline__ int32_t OwnerOf(const int32_t* starts, int32_t n, int64_t s) {
-  int32_t lo = 0, hi = n;  // invariant: starts[lo] <= s, answer in [lo, hi)
-  while (hi - lo > 1) {
-    const int32_t mid = (lo + hi) >> 1;
-    if (starts[mid] <= s) lo = mid; else hi = mid;
-  }
-  return lo;
-}
-
 // Block-wide exclusive scan over experts of (count, padded count), packed in one
 // 64-bit sum (both totals < 2^31). Writes ustart (may be null) and pstart
 // [0..L]; entry L holds the totals.
@@ -128,21 +118,47 @@ __device__ void ScanExperts(const int32_t* counts, int32_t num_local, int64_t bl
   }
 }
 
-// Writes block owners (-1 past the total) for blocks [b0, b1), and the sentinel
-// into padding slots of [s0, s1) (route slots are someone else's).
-__device__ void FillPaddingAndOwners(const int32_t* pstart, const int32_t* counts,
-                                     int32_t num_local, const AlignProblem& p,
-                                     int64_t s0, int64_t s1, int64_t b0, int64_t b1,
-                                     int32_t* sorted, int32_t* expert_ids, int stride) {
-  const int64_t total = pstart[num_local];
-  for (int64_t s = s0 + threadIdx.x; s < s1; s += stride) {
-    if (s >= total) { sorted[s] = static_cast<int32_t>(p.numel); continue; }
-    const int32_t e = OwnerOf(pstart, num_local, s);
-    if (s - pstart[e] >= counts[e]) sorted[s] = static_cast<int32_t>(p.numel);
+// Fill worker `worker` of `workers` (CTAs of blockDim threads): the padding
+// slots after each expert's routes and the block owners, a warp per expert
+// (coalesced), then the tail past the total. Route slots are the scatter's.
+__device__ void FillPadding(int64_t worker, int64_t workers, const int32_t* pstart,
+                            const int32_t* counts, int32_t num_local, const AlignProblem& p,
+                            int32_t* sorted, int32_t* expert_ids) {
+  const int32_t sentinel = static_cast<int32_t>(p.numel);
+  const int64_t warps = blockDim.x / 32, lane = threadIdx.x & 31;
+  const int64_t total_warps = workers * warps;
+  for (int64_t e = worker * warps + threadIdx.x / 32; e < num_local; e += total_warps) {
+    const int64_t begin = pstart[e], end = pstart[e + 1];
+    for (int64_t s = begin + counts[e] + lane; s < end; s += 32) sorted[s] = sentinel;
+    for (int64_t b = begin / p.block_size + lane; b < end / p.block_size; b += 32)
+      expert_ids[b] = static_cast<int32_t>(e);
   }
-  for (int64_t b = b0 + threadIdx.x; b < b1; b += stride) {
-    const int64_t s = b * p.block_size;
-    expert_ids[b] = s < total ? OwnerOf(pstart, num_local, s) : -1;
+  const int64_t total = pstart[num_local];
+  const int64_t stride = workers * blockDim.x, first = worker * blockDim.x + threadIdx.x;
+  for (int64_t s = total + first; s < p.padded_len; s += stride) sorted[s] = sentinel;
+  for (int64_t b = total / p.block_size + first; b < p.num_blocks; b += stride) expert_ids[b] = -1;
+}
+
+// Fill workers for P output slots.
+inline int64_t FillCtas(int64_t padded_len) {
+  const int64_t f = (padded_len + 8191) / 8192;
+  return f < 1 ? 1 : (f > 128 ? 128 : f);
+}
+
+// Warp-aggregated shared-memory histogram of routes [begin, end) by lane (the
+// order of the atomics cannot change a count). Whole warps iterate together so
+// that __match_any_sync sees every lane.
+__device__ void Histogram(const void* ids, IdKind kind, int64_t begin, int64_t end,
+                          int64_t num_experts, const int32_t* expert_map, int32_t num_local,
+                          int32_t* hist) {
+  for (int64_t base = begin; base < end; base += blockDim.x) {
+    const int64_t i = base + threadIdx.x;
+    const int32_t lane = i < end ? AlignLocalExpertAt(ids, kind, i, num_experts, expert_map,
+                                                      num_local)
+                                 : num_local;
+    const unsigned peers = __match_any_sync(0xffffffffu, lane);
+    if (lane < num_local && (threadIdx.x & 31) == __ffs(peers) - 1)
+      atomicAdd(&hist[lane], __popc(peers));
   }
 }
 
@@ -168,59 +184,48 @@ __device__ ProblemPtrs PtrsOf(const AlignCudaArgs& a) {
   return q;
 }
 
-// ---- single-block path ------------------------------------------------------
+// ---- small path: one launch ----------------------------------------------
+// CTA 0 sorts the (single) tile and scatters the routes; CTAs 1.. fill the
+// padding. Every CTA recomputes the tiny histogram and expert scan itself, so
+// no CTA waits for another.
 
 template <int kT, int kI>
-struct SmallStorage {
-  union {
-    typename TileSorter<kT, kI>::Storage tile;
-    typename cub::BlockScan<long long, kT>::TempStorage expert_scan;
-  };
-  int32_t route_of[kT * kI];  // sorted position -> route index
+union SmallStorage {
+  typename TileSorter<kT, kI>::Storage tile;
+  typename cub::BlockScan<long long, kT>::TempStorage expert_scan;
 };
 
 template <int kT, int kI>
 size_t SmallSharedBytes(int32_t num_local) {
-  return sizeof(SmallStorage<kT, kI>) + 3 * (static_cast<size_t>(num_local) + 1) * sizeof(int32_t);
+  return sizeof(SmallStorage<kT, kI>) + 2 * (static_cast<size_t>(num_local) + 1) * sizeof(int32_t);
 }
 
 template <int kT, int kI>
-__global__ void __launch_bounds__(kT) AlignSingleBlockKernel(AlignCudaArgs a, int lane_bits) {
+__global__ void __launch_bounds__(kT) AlignSmallKernel(AlignCudaArgs a, int lane_bits) {
   extern __shared__ __align__(16) unsigned char smem[];
   auto& s = *reinterpret_cast<SmallStorage<kT, kI>*>(smem);
   const AlignProblem& p = a.problem;
   const int32_t L = p.num_local;
   int32_t* counts = reinterpret_cast<int32_t*>(smem + sizeof(SmallStorage<kT, kI>));
-  int32_t* ustart = counts + (L + 1);
-  int32_t* pstart = ustart + (L + 1);
+  int32_t* pstart = counts + (L + 1);
   const ProblemPtrs q = PtrsOf(a);
 
   for (int32_t e = threadIdx.x; e <= L; e += kT) counts[e] = 0;
+  __syncthreads();
+  Histogram(q.ids, a.id_kind, 0, p.numel, p.num_experts, q.expert_map, L, counts);
+  __syncthreads();
+  ScanExperts<kT>(counts, L, p.block_size, nullptr, pstart, s.expert_scan);
+  __syncthreads();
+  if (blockIdx.x > 0) {
+    FillPadding(blockIdx.x - 1, gridDim.x - 1, pstart, counts, L, p, q.sorted, q.expert_ids);
+    return;
+  }
+  if (threadIdx.x == 0) *q.post_pad = pstart[L];
   TileSorter<kT, kI> tile;
   tile.Run(s.tile, q.ids, a.id_kind, 0, p.numel, p.num_experts, q.expert_map, L, lane_bits);
 #pragma unroll
-  for (int j = 0; j < kI; ++j) {
-    s.route_of[threadIdx.x * kI + j] = tile.route[j];
-    if (tile.tail[j] && tile.lane[j] < static_cast<uint32_t>(L)) counts[tile.lane[j]] = tile.rank[j] + 1;
-  }
-  __syncthreads();
-  ScanExperts<kT>(counts, L, p.block_size, ustart, pstart, s.expert_scan);
-  __syncthreads();
-  const int64_t total = pstart[L];
-  if (threadIdx.x == 0) *q.post_pad = static_cast<int32_t>(total);
-  for (int64_t slot = threadIdx.x; slot < p.padded_len; slot += kT) {
-    int32_t v = static_cast<int32_t>(p.numel);
-    if (slot < total) {
-      const int32_t e = OwnerOf(pstart, L, slot);
-      const int64_t r = slot - pstart[e];
-      if (r < counts[e]) v = s.route_of[ustart[e] + r];
-    }
-    q.sorted[slot] = v;
-  }
-  for (int64_t b = threadIdx.x; b < p.num_blocks; b += kT) {
-    const int64_t slot = b * p.block_size;
-    q.expert_ids[b] = slot < total ? OwnerOf(pstart, L, slot) : -1;
-  }
+  for (int j = 0; j < kI; ++j)
+    if (tile.lane[j] < static_cast<uint32_t>(L)) q.sorted[pstart[tile.lane[j]] + tile.rank[j]] = tile.route[j];
 }
 
 // ---- multi-block path -------------------------------------------------------
@@ -235,8 +240,8 @@ __device__ Workspace WorkspaceOf(int32_t* w, int64_t ctas, int32_t L) {
   return {w, w + ctas * L, w + ctas * L + (L + 1)};
 }
 
-// (1) Histogram of the CTA's chunk; warp-aggregated shared atomics (their order
-// cannot change a count).
+// (1) Histogram of the CTA's chunk (in shared memory when it fits, else in the
+// CTA's own workspace row: never a counter shared between CTAs).
 __global__ void __launch_bounds__(kThreads) AlignHistogramKernel(AlignCudaArgs a, int64_t ctas,
                                                                  int use_shared) {
   extern __shared__ int32_t hist_smem[];
@@ -250,16 +255,8 @@ __global__ void __launch_bounds__(kThreads) AlignHistogramKernel(AlignCudaArgs a
   __syncthreads();
   const int64_t chunk = CtaChunk(p.numel, ctas);
   const int64_t begin = blockIdx.x * chunk;
-  const int64_t end = min(begin + chunk, p.numel);
-  // Uniform trip count so whole warps take part in __match_any_sync.
-  for (int64_t base = begin; base < end; base += kThreads) {
-    const int64_t i = base + threadIdx.x;
-    const int32_t lane = i < end ? AlignLocalExpertAt(q.ids, a.id_kind, i, p.num_experts,
-                                                      q.expert_map, L)
-                                 : L;
-    const unsigned peers = __match_any_sync(0xffffffffu, lane);
-    if (lane < L && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[lane], __popc(peers));
-  }
+  Histogram(q.ids, a.id_kind, begin, min(begin + chunk, p.numel), p.num_experts, q.expert_map,
+            L, hist);
   __syncthreads();
   if (use_shared)
     for (int32_t e = threadIdx.x; e < L; e += kThreads) row[e] = hist[e];
@@ -315,8 +312,8 @@ __global__ void __launch_bounds__(kScanThreads) AlignScanKernel(AlignCudaArgs a,
   if (threadIdx.x == 0) *q.post_pad = w.pstart[L];
 }
 
-// (3) Scatter the CTA's routes, tile by tile in route order, then fill its share
-// of padding slots and block owners.
+// (3) CTAs [0, ctas) scatter their routes, tile by tile in route order; the
+// CTAs after them fill the padding slots and block owners.
 __global__ void __launch_bounds__(kThreads) AlignScatterKernel(AlignCudaArgs a, int64_t ctas,
                                                                int lane_bits) {
   __shared__ typename TileSorter<kThreads, kItems>::Storage storage;
@@ -324,6 +321,11 @@ __global__ void __launch_bounds__(kThreads) AlignScatterKernel(AlignCudaArgs a, 
   const int32_t L = p.num_local;
   const ProblemPtrs q = PtrsOf(a);
   const Workspace w = WorkspaceOf(q.workspace, ctas, L);
+  if (blockIdx.x >= ctas) {  // fill workers
+    FillPadding(blockIdx.x - ctas, gridDim.x - ctas, w.pstart, w.counts, L, p, q.sorted,
+                q.expert_ids);
+    return;
+  }
   int32_t* offsets = w.offsets + blockIdx.x * static_cast<int64_t>(L);  // this CTA's row
   const int64_t chunk = CtaChunk(p.numel, ctas);
   const int64_t begin = blockIdx.x * chunk;
@@ -349,24 +351,22 @@ __global__ void __launch_bounds__(kThreads) AlignScatterKernel(AlignCudaArgs a, 
       if (tile.tail[j] && tile.lane[j] < static_cast<uint32_t>(L)) offsets[tile.lane[j]] = run_end[j];
     __syncthreads();  // global writes of this CTA are visible to it from here on
   }
-  const int64_t s0 = p.padded_len * blockIdx.x / ctas, s1 = p.padded_len * (blockIdx.x + 1) / ctas;
-  const int64_t b0 = p.num_blocks * blockIdx.x / ctas, b1 = p.num_blocks * (blockIdx.x + 1) / ctas;
-  FillPaddingAndOwners(w.pstart, w.counts, L, p, s0, s1, b0, b1, q.sorted, q.expert_ids, kThreads);
 }
 
 constexpr size_t kDefaultSharedLimit = 48 * 1024;
 
 template <int kT, int kI>
-cudaError_t LaunchSingleBlock(const AlignCudaArgs& a, cudaStream_t stream) {
+cudaError_t LaunchSmall(const AlignCudaArgs& a, cudaStream_t stream) {
   const size_t bytes = SmallSharedBytes<kT, kI>(a.problem.num_local);
-  auto kernel = AlignSingleBlockKernel<kT, kI>;
+  auto kernel = AlignSmallKernel<kT, kI>;
   if (bytes > kDefaultSharedLimit) {
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(bytes));
     if (err != cudaSuccess) return err;
   }
-  kernel<<<dim3(1, static_cast<unsigned>(a.batch)), kT, bytes, stream>>>(
-      a, LaneBits(a.problem.num_local));
+  const dim3 grid(static_cast<unsigned>(1 + FillCtas(a.problem.padded_len)),
+                  static_cast<unsigned>(a.batch));
+  kernel<<<grid, kT, bytes, stream>>>(a, LaneBits(a.problem.num_local));
   return cudaGetLastError();
 }
 
@@ -376,8 +376,8 @@ cudaError_t LaunchAlignCuda(const AlignCudaArgs& a, cudaStream_t stream) {
   const AlignProblem& p = a.problem;
   if (a.batch == 0) return cudaSuccess;
   const int32_t L = p.num_local;
-  if (L <= kSmallMaxExperts && p.numel <= kTinyTile) return LaunchSingleBlock<kTinyThreads, kTinyItems>(a, stream);
-  if (L <= kSmallMaxExperts && p.numel <= kSmallTile) return LaunchSingleBlock<kSmallThreads, kSmallItems>(a, stream);
+  if (L <= kSmallMaxExperts && p.numel <= kTinyTile) return LaunchSmall<kTinyThreads, kTinyItems>(a, stream);
+  if (L <= kSmallMaxExperts && p.numel <= kSmallTile) return LaunchSmall<kSmallThreads, kSmallItems>(a, stream);
 
   const int64_t ctas = NumCtas(p.numel);
   const dim3 grid(static_cast<unsigned>(ctas), static_cast<unsigned>(a.batch));
@@ -389,7 +389,9 @@ cudaError_t LaunchAlignCuda(const AlignCudaArgs& a, cudaStream_t stream) {
   AlignScanKernel<<<dim3(1, static_cast<unsigned>(a.batch)), kScanThreads, 0, stream>>>(a, ctas);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  AlignScatterKernel<<<grid, kThreads, 0, stream>>>(a, ctas, LaneBits(L));
+  const dim3 scatter_grid(static_cast<unsigned>(ctas + FillCtas(p.padded_len)),
+                          static_cast<unsigned>(a.batch));
+  AlignScatterKernel<<<scatter_grid, kThreads, 0, stream>>>(a, ctas, LaneBits(L));
   return cudaGetLastError();
 }
 
