@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 from jax._src import config as _config
+from jax._src import dispatch as _dispatch
 from jax._src.custom_partitioning_sharding_rule import (
     SdyShardingRule,
     sdy_sharding_rule_to_mlir,
@@ -18,6 +19,7 @@ from jax.interpreters import mlir
 __all__ = [
     "SdyShardingRule",
     "lowering_ctx_with",
+    "require_devices_during_lowering",
     "sdy_rule",
     "sdy_rule_attribute",
     "use_shardy",
@@ -74,3 +76,10 @@ def varying_axes(x) -> frozenset:
     if mat is not None:
         return frozenset(mat.varying)
     return frozenset(getattr(aval, "vma", ()) or ())
+
+
+def require_devices_during_lowering(prim) -> None:
+    """Makes jit pass the device assignment to `prim`'s lowering: needed when
+    that lowering emits a `custom_partitioning` call (TransformerEngine and
+    jax's cuDNN ops do the same)."""
+    _dispatch.prim_requires_devices_during_lowering.add(prim)

@@ -28,13 +28,15 @@ type (shard_map): results are typed like the first operand.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, xla
 from jax.sharding import PartitionSpec
 
-from jax_moe import _avals, _compat, _ffi
+from jax_moe import _avals, _compat, _ffi, _permute_partition
 
 # --- abstract evaluation ----------------------------------------------------
 
@@ -238,6 +240,21 @@ _ffi.register_lowerings(
     permute_plan_p, "jax_moe_permute_plan", sharding_rule=_plan_rule,
     attrs=lambda *, num_batch_dims, block_size, **_: dict(num_batch_dims=num_batch_dims,
                                                           block_size=block_size))
-_ffi.register_lowerings(permute_p, "jax_moe_permute", sharding_rule=_permute_rule)
-_ffi.register_lowerings(unpermute_p, "jax_moe_unpermute", sharding_rule=_unpermute_rule)
-_ffi.register_lowerings(wgrad_p, "jax_moe_unpermute_wgrad", sharding_rule=_wgrad_rule)
+
+# The row calls lower through custom_partitioning (_permute_partition: XLA would
+# gather a sharded hidden dim of a plain custom call) around "local" twins whose
+# lowering is the FFI call itself.
+_ROW_CALLS = (
+    (permute_p, "jax_moe_permute", "permute", _permute_abstract, _permute_rule,
+     ("num_batch_dims", "weighted")),
+    (unpermute_p, "jax_moe_unpermute", "unpermute", _unpermute_abstract, _unpermute_rule,
+     ("num_batch_dims", "weighted")),
+    (wgrad_p, "jax_moe_unpermute_wgrad", "wgrad", _wgrad_abstract, _wgrad_rule,
+     ("num_batch_dims",)),
+)
+for _prim, _target, _kind, _abstract, _rule_fn, _static in _ROW_CALLS:
+    _local = _primitive(_prim.name + "_local", _abstract)
+    _ffi.register_lowerings(_local, _target, sharding_rule=_rule_fn)
+    _permute_partition.register(
+        _prim, _local, _kind, _static,
+        functools.partial(_rule_fn, None, None))
