@@ -51,8 +51,8 @@ def _partition(kind, local_prim, static_names):
         *static, mesh, arg_shapes, result_shape = args
         params = dict(zip(static_names, static))
         nbd = params["num_batch_dims"]
-        lead = _spec(arg_shapes[0], arg_shapes[0].ndim if hasattr(arg_shapes[0], "ndim")
-                     else len(arg_shapes[0].shape))
+        # Batch dims and H keep the first row operand's sharding.
+        lead = _spec(arg_shapes[0], len(arg_shapes[0].shape))
         batch, hidden = lead[:nbd], lead[-1]
 
         def sharding(role, ndim):
