@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 from jax._src import config as _config
+from jax._src import dispatch as _dispatch
 from jax._src.custom_partitioning_sharding_rule import (
     SdyShardingRule,
     sdy_sharding_rule_to_mlir,
@@ -18,9 +19,11 @@ from jax.interpreters import mlir
 __all__ = [
     "SdyShardingRule",
     "lowering_ctx_with",
+    "require_devices_during_lowering",
     "sdy_rule",
     "sdy_rule_attribute",
     "use_shardy",
+    "varying_axes",
 ]
 
 
@@ -43,10 +46,13 @@ def lowering_ctx_with(ctx, *, avals_in=None, avals_out=None):
     return ctx.replace(**kw)
 
 
-def sdy_rule(rule: str, *, need_replication: tuple[str, ...] = ()) -> SdyShardingRule:
+def sdy_rule(rule: str, *, need_replication: tuple[str, ...] = (),
+             reduction: tuple[str, ...] = ()) -> SdyShardingRule:
     """A Shardy rule from einsum-like text ("b r, b m -> b p"); factors named in
-    `need_replication` are gathered before the call."""
-    return str_to_sdy_sharding_rule(rule, need_replication_factors=tuple(need_replication))
+    `need_replication` are gathered before the call; factors in `reduction`
+    (summed over by the call) may stay sharded, the partial results are summed."""
+    return str_to_sdy_sharding_rule(rule, need_replication_factors=tuple(need_replication),
+                                    reduction_factors=tuple(reduction))
 
 
 def sdy_rule_attribute(ctx, rule: SdyShardingRule, avals_in, avals_out):
@@ -60,3 +66,20 @@ def sdy_rule_attribute(ctx, rule: SdyShardingRule, avals_in, avals_out):
 def typeof(x):
     """The abstract value of x (`jax.typeof` where it exists)."""
     return jax.typeof(x) if hasattr(jax, "typeof") else jax.core.get_aval(x)
+
+
+def varying_axes(x) -> frozenset:
+    """Mesh axes over which x varies inside shard_map (empty outside):
+    `aval.manual_axis_type.varying` from jax 0.10, `aval.vma` before."""
+    aval = typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()) or ())
+
+
+def require_devices_during_lowering(prim) -> None:
+    """Makes jit pass the device assignment to `prim`'s lowering: needed when
+    that lowering emits a `custom_partitioning` call (TransformerEngine and
+    jax's cuDNN ops do the same)."""
+    _dispatch.prim_requires_devices_during_lowering.add(prim)
