@@ -1,0 +1,33 @@
+"""Small CUDA workload for compute-sanitizer: both align paths with wild ids and
+maps; permute/unpermute forward and backward with dropped routes."""
+import jax
+import numpy as np
+
+import jax_moe
+
+rng = np.random.default_rng(1)
+for numel, E, bs in [(7, 8, 4), (1000, 64, 128), (8192, 256, 64), (40000, 64, 16), (20000, 6000, 8)]:
+    ids = rng.integers(-5, E + 5, size=numel).astype(np.int32)
+    ids[:3] = [np.iinfo(np.int32).min, np.iinfo(np.int32).max, -1]
+    out = jax.jit(lambda x: jax_moe.moe_align_block_size(x, E, bs))(ids)
+    emap = rng.integers(-1, E // 2 + 3, size=E).astype(np.int32)
+    out2 = jax.jit(lambda x, m: jax_moe.moe_align_block_size(
+        x, E, bs, expert_map=m, num_local_experts=max(E // 2, 1)))(ids, emap)
+    jax.block_until_ready((out, out2))
+print("sanitize workload done")
+
+# permute / unpermute (and their backward kernels) with dropped routes.
+import jax.numpy as jnp  # noqa: E402
+
+for T, H, E, K, dt in [(5, 8, 4, 2, jnp.float32), (300, 256, 16, 4, jnp.bfloat16),
+                       (77, 130, 8, 2, jnp.float16)]:
+    ids = rng.integers(-2, E + 2, size=(T, K)).astype(np.int32)
+    x = jnp.asarray(rng.normal(size=(T, H)), dt)
+    w = jnp.asarray(rng.random((T, K)), jnp.float32)
+
+    def loss(x, w):
+        xs, plan = jax_moe.permute(x, ids, E, block_size=4)
+        return jnp.sum(jax_moe.unpermute(xs * 2, plan, w).astype(jnp.float32))
+
+    jax.block_until_ready(jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w))
+print("sanitize permute done")
