@@ -1,21 +1,31 @@
 // CUDA kernels of moe_align_block_size (shared/spec/align.md).
 //
-// Deterministic by construction: no atomics decide where a route goes. Routes are
-// ranked inside a tile by a stable block radix sort on their expert lane, and
-// tiles are visited in route order, so each expert's routes land in ascending
-// route index, as in the CPU kernel (bit-identical outputs).
+// Deterministic by construction: no atomics decide where a route goes. A route's
+// place is its expert's start plus the number of earlier routes of that expert,
+// computed in route order, so each expert's routes land in ascending route
+// index, as in the CPU kernel (bit-identical outputs). Two ways to rank:
+// - warp ranking (L <= 1024): each warp walks a contiguous range 32 routes at a
+//   time; lanes of one expert find each other with __match_any_sync; per-warp
+//   counters in shared memory carry the rank across steps and warps. No sort.
+// - tile sort (any L): a stable block radix sort of a tile by expert lane; a
+//   route's rank is its distance to the start of its run.
 //
 // Two paths:
-// - small (numel <= kSmallTile, L <= kSmallMaxExperts): one launch. CTA 0 sorts
-//   the single tile and scatters the routes to expert start + rank; the other
-//   CTAs write the padding (P can be far larger than numel: L * (bs - 1)).
+// - small (numel <= kSmallTile): one launch. CTA 0 ranks and scatters the
+//   routes; the other CTAs recompute the tiny histogram and write the padding
+//   (P can be far larger than numel: up to L * (bs - 1) padding slots).
 // - multi block: (1) per-CTA expert histograms, (2) one CTA scans them into
-//   per-CTA offsets and expert starts, (3) CTAs re-sort their tiles and scatter
-//   their routes to start + CTA offset + rank, while extra CTAs fill padding
-//   slots and block owners. No global atomics on expert counters.
+//   per-CTA offsets and expert starts, (3) CTAs re-rank their routes and scatter
+//   them to start + CTA offset + rank, while extra CTAs fill padding slots and
+//   block owners. No global atomics on expert counters.
+//
+// JAX_MOE_ALIGN_RANKING=sort forces the tile sort everywhere (A/B tests).
 #include <cub/block/block_discontinuity.cuh>
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
+
+#include <cstdlib>
+#include <cstring>
 
 #include "align/align_cuda.h"
 #include "align/align_plan.h"
@@ -228,6 +238,121 @@ __global__ void __launch_bounds__(kT) AlignSmallKernel(AlignCudaArgs a, int lane
     if (tile.lane[j] < static_cast<uint32_t>(L)) q.sorted[pstart[tile.lane[j]] + tile.rank[j]] = tile.route[j];
 }
 
+// ---- warp-ranked scatter (no sort) ------------------------------------------
+// The CTA's routes [begin, end) are split into one contiguous range per warp,
+// walked 32 at a time. Lanes holding the same expert find each other with
+// __match_any_sync; a route's rank is the number of its peers in lower lanes,
+// plus what earlier steps of its warp and earlier warps placed. Ranges and
+// steps follow route order, so the result is stable. whist is [kW][L] shared.
+
+__device__ __forceinline__ unsigned LanesBelow() {
+  unsigned m;
+  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+  return m;
+}
+
+template <int kW>
+__device__ __forceinline__ void WarpRange(int64_t begin, int64_t end, int64_t* lo, int64_t* hi) {
+  const int64_t per = (end - begin + kW - 1) / kW;
+  const int64_t w = threadIdx.x / 32;
+  *lo = begin + w * per;
+  *hi = min(*lo + per, end);
+}
+
+// Phase 1: per-warp counts, then exclusive prefixes over warps (in place) and
+// the CTA's totals per expert in `counts` (shared, L entries).
+template <int kW>
+__device__ void WarpHistogram(const void* ids, IdKind kind, int64_t begin, int64_t end,
+                              int64_t num_experts, const int32_t* expert_map, int32_t L,
+                              int32_t* whist, int32_t* counts) {
+  for (int64_t k = threadIdx.x; k < int64_t{kW} * L; k += kW * 32) whist[k] = 0;
+  __syncthreads();
+  int64_t lo, hi;
+  WarpRange<kW>(begin, end, &lo, &hi);
+  int32_t* mine = whist + (threadIdx.x / 32) * static_cast<int64_t>(L);
+  const int lane_id = threadIdx.x & 31;
+  for (int64_t base = lo; base < hi; base += 32) {
+    const int64_t i = base + lane_id;
+    const int32_t e = i < hi ? AlignLocalExpertAt(ids, kind, i, num_experts, expert_map, L) : L;
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    if (e < L && lane_id == __ffs(peers) - 1) mine[e] += __popc(peers);  // one writer per e
+    __syncwarp();  // the next step's leader for e may be another lane
+  }
+  __syncthreads();
+  for (int32_t e = threadIdx.x; e < L; e += kW * 32) {
+    int32_t run = 0;
+#pragma unroll
+    for (int w = 0; w < kW; ++w) {
+      const int32_t v = whist[w * static_cast<int64_t>(L) + e];
+      whist[w * static_cast<int64_t>(L) + e] = run;
+      run += v;
+    }
+    counts[e] = run;
+  }
+  __syncthreads();
+}
+
+// Phase 2: route i of expert e goes to start[e] + (offset ? offset[e] : 0) +
+// whist[warp][e] + rank. whist is consumed (advanced) as the warps walk.
+template <int kW>
+__device__ void WarpScatter(const void* ids, IdKind kind, int64_t begin, int64_t end,
+                            int64_t num_experts, const int32_t* expert_map, int32_t L,
+                            int32_t* whist, const int32_t* start, const int32_t* offset,
+                            int32_t* sorted) {
+  int64_t lo, hi;
+  WarpRange<kW>(begin, end, &lo, &hi);
+  int32_t* mine = whist + (threadIdx.x / 32) * static_cast<int64_t>(L);
+  const int lane_id = threadIdx.x & 31;
+  const unsigned below = LanesBelow();
+  for (int64_t base = lo; base < hi; base += 32) {
+    const int64_t i = base + lane_id;
+    const int32_t e = i < hi ? AlignLocalExpertAt(ids, kind, i, num_experts, expert_map, L) : L;
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    int32_t placed = 0;
+    if (e < L) {
+      placed = mine[e];
+      const int64_t dest = static_cast<int64_t>(start[e]) + (offset ? offset[e] : 0) + placed +
+                           __popc(peers & below);
+      sorted[dest] = static_cast<int32_t>(i);
+    }
+    __syncwarp();  // every lane has read mine[] before the leaders advance it
+    if (e < L && lane_id == __ffs(peers) - 1) mine[e] = placed + __popc(peers);
+    __syncwarp();
+  }
+}
+
+// Small path without a sort: CTA 0 ranks and scatters, the others fill padding.
+constexpr int kWarpRankWarps = 16;
+constexpr int32_t kWarpRankMaxExperts = 1024;
+
+size_t WarpRankSharedBytes(int32_t L) {
+  return (static_cast<size_t>(kWarpRankWarps) * L + 2 * (static_cast<size_t>(L) + 1)) *
+         sizeof(int32_t);
+}
+
+__global__ void __launch_bounds__(kWarpRankWarps * 32) AlignWarpRankKernel(AlignCudaArgs a) {
+  constexpr int kT = kWarpRankWarps * 32;
+  extern __shared__ __align__(16) int32_t wsmem[];
+  __shared__ typename cub::BlockScan<long long, kT>::TempStorage scan_tmp;
+  const AlignProblem& p = a.problem;
+  const int32_t L = p.num_local;
+  int32_t* whist = wsmem;
+  int32_t* counts = whist + static_cast<int64_t>(kWarpRankWarps) * L;
+  int32_t* pstart = counts + (L + 1);
+  const ProblemPtrs q = PtrsOf(a);
+  WarpHistogram<kWarpRankWarps>(q.ids, a.id_kind, 0, p.numel, p.num_experts, q.expert_map, L,
+                                whist, counts);
+  ScanExperts<kT>(counts, L, p.block_size, nullptr, pstart, scan_tmp);
+  __syncthreads();
+  if (blockIdx.x > 0) {
+    FillPadding(blockIdx.x - 1, gridDim.x - 1, pstart, counts, L, p, q.sorted, q.expert_ids);
+    return;
+  }
+  if (threadIdx.x == 0) *q.post_pad = pstart[L];
+  WarpScatter<kWarpRankWarps>(q.ids, a.id_kind, 0, p.numel, p.num_experts, q.expert_map, L,
+                              whist, pstart, nullptr, q.sorted);
+}
+
 // ---- multi-block path -------------------------------------------------------
 
 struct Workspace {
@@ -353,6 +478,35 @@ __global__ void __launch_bounds__(kThreads) AlignScatterKernel(AlignCudaArgs a, 
   }
 }
 
+// (3') The same as (3) with warp ranking instead of tile sorts (L <= 1024).
+constexpr int kScatterWarps = kThreads / 32;
+
+size_t WarpScatterSharedBytes(int32_t L) {
+  return (static_cast<size_t>(kScatterWarps) * L + L) * sizeof(int32_t);
+}
+
+__global__ void __launch_bounds__(kThreads) AlignWarpScatterKernel(AlignCudaArgs a, int64_t ctas) {
+  extern __shared__ __align__(16) int32_t ssmem[];
+  const AlignProblem& p = a.problem;
+  const int32_t L = p.num_local;
+  const ProblemPtrs q = PtrsOf(a);
+  const Workspace w = WorkspaceOf(q.workspace, ctas, L);
+  if (blockIdx.x >= ctas) {  // fill workers
+    FillPadding(blockIdx.x - ctas, gridDim.x - ctas, w.pstart, w.counts, L, p, q.sorted,
+                q.expert_ids);
+    return;
+  }
+  int32_t* whist = ssmem;
+  int32_t* cta_counts = whist + static_cast<int64_t>(kScatterWarps) * L;
+  const int64_t chunk = CtaChunk(p.numel, ctas);
+  const int64_t begin = blockIdx.x * chunk;
+  const int64_t end = min(begin + chunk, p.numel);
+  WarpHistogram<kScatterWarps>(q.ids, a.id_kind, begin, end, p.num_experts, q.expert_map, L,
+                               whist, cta_counts);
+  WarpScatter<kScatterWarps>(q.ids, a.id_kind, begin, end, p.num_experts, q.expert_map, L, whist,
+                             w.pstart, w.offsets + blockIdx.x * static_cast<int64_t>(L), q.sorted);
+}
+
 constexpr size_t kDefaultSharedLimit = 48 * 1024;
 
 template <int kT, int kI>
@@ -370,12 +524,35 @@ cudaError_t LaunchSmall(const AlignCudaArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+cudaError_t LaunchWarpRank(const AlignCudaArgs& a, cudaStream_t stream) {
+  const size_t bytes = WarpRankSharedBytes(a.problem.num_local);
+  if (bytes > kDefaultSharedLimit) {
+    cudaError_t err = cudaFuncSetAttribute(AlignWarpRankKernel,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes));
+    if (err != cudaSuccess) return err;
+  }
+  const dim3 grid(static_cast<unsigned>(1 + FillCtas(a.problem.padded_len)),
+                  static_cast<unsigned>(a.batch));
+  AlignWarpRankKernel<<<grid, kWarpRankWarps * 32, bytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
+// JAX_MOE_ALIGN_RANKING=sort selects the sort-based kernels where warp-ranked ones
+// would run (A/B testing and benchmarking only).
+bool SortRankingForced() {
+  const char* v = std::getenv("JAX_MOE_ALIGN_RANKING");
+  return v != nullptr && std::strcmp(v, "sort") == 0;
+}
+
 }  // namespace
 
 cudaError_t LaunchAlignCuda(const AlignCudaArgs& a, cudaStream_t stream) {
   const AlignProblem& p = a.problem;
   if (a.batch == 0) return cudaSuccess;
   const int32_t L = p.num_local;
+  if (L <= kWarpRankMaxExperts && p.numel <= kSmallTile && !SortRankingForced())
+    return LaunchWarpRank(a, stream);
   if (L <= kSmallMaxExperts && p.numel <= kTinyTile) return LaunchSmall<kTinyThreads, kTinyItems>(a, stream);
   if (L <= kSmallMaxExperts && p.numel <= kSmallTile) return LaunchSmall<kSmallThreads, kSmallItems>(a, stream);
 
@@ -391,7 +568,17 @@ cudaError_t LaunchAlignCuda(const AlignCudaArgs& a, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   const dim3 scatter_grid(static_cast<unsigned>(ctas + FillCtas(p.padded_len)),
                           static_cast<unsigned>(a.batch));
-  AlignScatterKernel<<<scatter_grid, kThreads, 0, stream>>>(a, ctas, LaneBits(L));
+  if (L <= kWarpRankMaxExperts && !SortRankingForced()) {
+    const size_t bytes = WarpScatterSharedBytes(L);
+    if (bytes > kDefaultSharedLimit) {
+      err = cudaFuncSetAttribute(AlignWarpScatterKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(bytes));
+      if (err != cudaSuccess) return err;
+    }
+    AlignWarpScatterKernel<<<scatter_grid, kThreads, bytes, stream>>>(a, ctas);
+  } else {
+    AlignScatterKernel<<<scatter_grid, kThreads, 0, stream>>>(a, ctas, LaneBits(L));
+  }
   return cudaGetLastError();
 }
 
