@@ -1,0 +1,1 @@
+"""Pure-JAX formulations of our ops: test references and benchmark baselines."""
