@@ -54,7 +54,7 @@ def test_fp8_matches_cpu(rng, dtype, shape):
 @pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("zero_fill", [False, True])
 def test_counts_match_cpu(rng, fp8, zero_fill):
-    e, m, i = 32, 1024, 2048
+    e, m, i = 16, 256, 1024
     counts = rng.integers(-3, 80, size=e).astype(np.int32)
     counts[0], counts[1] = m, m + 5
     h = _h(rng, (e, m, 2 * i), jnp.bfloat16)
@@ -66,8 +66,9 @@ def test_counts_match_cpu(rng, fp8, zero_fill):
         np.testing.assert_array_equal(_bits(g)[valid], _bits(c)[valid])
         if zero_fill:
             np.testing.assert_array_equal(_bits(g)[~valid], 0)
-    dy = _h(rng, (e, m, i), jnp.bfloat16)
-    _same(lambda h, c, dy: jax.vjp(lambda h: f(h, c), h)[1](dy) if not fp8 else (), h, counts, dy)
+    if not fp8:  # backward: masked rows are zero on both
+        dy = _h(rng, (e, m, i), jnp.bfloat16)
+        _same(lambda h, c, dy: jax.vjp(lambda h: f(h, c), h)[1](dy), h, counts, dy)
 
 
 def test_vmap_and_unaligned_views_match_cpu(rng):
