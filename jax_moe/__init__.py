@@ -1,6 +1,7 @@
 """jax-moe: Mixture-of-Experts routing kernels for JAX (XLA FFI, CPU + CUDA)."""
 from jax_moe.align import Alignment, align_shapes, moe_align_block_size
+from jax_moe.router import route
 from jax_moe.silu import silu_and_mul
 
-__all__ = ["Alignment", "align_shapes", "moe_align_block_size", "silu_and_mul"]
+__all__ = ["Alignment", "align_shapes", "moe_align_block_size", "route", "silu_and_mul"]
 __version__ = "0.1.0"
