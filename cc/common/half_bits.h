@@ -7,13 +7,18 @@
 #include <cstring>
 
 #include "common/fp8.h"  // FloatBits
+#include "common/hd.h"
 
 namespace jax_moe {
 
-inline float BitsToFloat(uint32_t u) {
+JAX_MOE_HD float BitsToFloat(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, sizeof(f));
   return f;
+#endif
 }
 
 inline float Bf16ToFloat(uint16_t b) { return BitsToFloat(static_cast<uint32_t>(b) << 16); }

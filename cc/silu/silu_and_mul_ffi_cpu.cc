@@ -20,11 +20,8 @@ void DispatchRowType(ffi::DataType dt, F&& f) {
 
 ffi::Error SiluCpuImpl(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
                        ffi::Result<ffi::AnyBuffer> y, int64_t num_batch_dims, bool zero_fill) {
-  const std::string op = "silu_and_mul";
   SiluProblem p;
-  ffi::Error err = DecodeSiluArgs(op, h, counts, num_batch_dims, zero_fill, &p);
-  if (err.failure()) return err;
-  err = CheckSiluResult(op, "y", *y, h.element_type(), SiluTotalRows(p) * p.inter);
+  ffi::Error err = DecodeSiluFwd(h, counts, *y, num_batch_dims, zero_fill, &p);
   if (err.failure()) return err;
   DispatchRowType(h.element_type(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
@@ -36,11 +33,8 @@ ffi::Error SiluCpuImpl(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
 ffi::Error SiluFp8CpuImpl(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
                           ffi::Result<ffi::AnyBuffer> q, ffi::Result<ffi::AnyBuffer> scales,
                           int64_t num_batch_dims, bool zero_fill) {
-  const std::string op = "silu_and_mul(fp8=True)";
   SiluProblem p;
-  ffi::Error err = DecodeSiluArgs(op, h, counts, num_batch_dims, zero_fill, &p);
-  if (err.failure()) return err;
-  err = CheckSiluFp8(op, p, *q, *scales);
+  ffi::Error err = DecodeSiluFp8(h, counts, *q, *scales, num_batch_dims, zero_fill, &p);
   if (err.failure()) return err;
   DispatchRowType(h.element_type(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
@@ -53,13 +47,8 @@ ffi::Error SiluFp8CpuImpl(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
 
 ffi::Error SiluBwdCpuImpl(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts, ffi::AnyBuffer dy,
                           ffi::Result<ffi::AnyBuffer> dh, int64_t num_batch_dims) {
-  const std::string op = "silu_and_mul backward";
   SiluProblem p;
-  ffi::Error err = DecodeSiluArgs(op, h, counts, num_batch_dims, /*zero_fill=*/true, &p);
-  if (err.failure()) return err;
-  err = CheckSiluResult(op, "dy", dy, h.element_type(), SiluTotalRows(p) * p.inter);
-  if (err.failure()) return err;
-  err = CheckSiluResult(op, "dh", *dh, h.element_type(), h.element_count());
+  ffi::Error err = DecodeSiluBwd(h, counts, dy, *dh, num_batch_dims, &p);
   if (err.failure()) return err;
   DispatchRowType(h.element_type(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;

@@ -25,43 +25,37 @@ ffi::Error LaunchStatus(const std::string& op, cudaError_t err) {
 
 ffi::Error SiluCudaImpl(cudaStream_t stream, ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
                         ffi::Result<ffi::AnyBuffer> y, int64_t num_batch_dims, bool zero_fill) {
-  const std::string op = "silu_and_mul";
   SiluProblem p;
-  ffi::Error err = DecodeSiluArgs(op, h, counts, num_batch_dims, zero_fill, &p);
+  ffi::Error err = DecodeSiluFwd(h, counts, *y, num_batch_dims, zero_fill, &p);
   if (err.failure()) return err;
-  err = CheckSiluResult(op, "y", *y, h.element_type(), SiluTotalRows(p) * p.inter);
-  if (err.failure()) return err;
-  return LaunchStatus(op, LaunchSiluAndMul(ToSiluDtype(h.element_type()), p, h.untyped_data(),
-                                           y->untyped_data(), stream));
+  const SiluDtype dt = ToSiluDtype(h.element_type());
+  return LaunchStatus("silu_and_mul",
+                      LaunchSiluAndMul(dt, p, h.untyped_data(), y->untyped_data(), stream));
 }
 
 ffi::Error SiluFp8CudaImpl(cudaStream_t stream, ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
                            ffi::Result<ffi::AnyBuffer> q, ffi::Result<ffi::AnyBuffer> scales,
                            int64_t num_batch_dims, bool zero_fill) {
-  const std::string op = "silu_and_mul(fp8=True)";
   SiluProblem p;
-  ffi::Error err = DecodeSiluArgs(op, h, counts, num_batch_dims, zero_fill, &p);
+  ffi::Error err = DecodeSiluFp8(h, counts, *q, *scales, num_batch_dims, zero_fill, &p);
   if (err.failure()) return err;
-  err = CheckSiluFp8(op, p, *q, *scales);
-  if (err.failure()) return err;
-  return LaunchStatus(op, LaunchSiluAndMulFp8(ToSiluDtype(h.element_type()), p, h.untyped_data(),
-                                              static_cast<uint8_t*>(q->untyped_data()),
-                                              static_cast<float*>(scales->untyped_data()), stream));
+  const SiluDtype dt = ToSiluDtype(h.element_type());
+  return LaunchStatus("silu_and_mul(fp8=True)",
+                      LaunchSiluAndMulFp8(dt, p, h.untyped_data(),
+                                          static_cast<uint8_t*>(q->untyped_data()),
+                                          static_cast<float*>(scales->untyped_data()), stream));
 }
 
 ffi::Error SiluBwdCudaImpl(cudaStream_t stream, ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
                            ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dh,
                            int64_t num_batch_dims) {
-  const std::string op = "silu_and_mul backward";
   SiluProblem p;
-  ffi::Error err = DecodeSiluArgs(op, h, counts, num_batch_dims, /*zero_fill=*/true, &p);
+  ffi::Error err = DecodeSiluBwd(h, counts, dy, *dh, num_batch_dims, &p);
   if (err.failure()) return err;
-  err = CheckSiluResult(op, "dy", dy, h.element_type(), SiluTotalRows(p) * p.inter);
-  if (err.failure()) return err;
-  err = CheckSiluResult(op, "dh", *dh, h.element_type(), h.element_count());
-  if (err.failure()) return err;
-  return LaunchStatus(op, LaunchSiluAndMulBwd(ToSiluDtype(h.element_type()), p, h.untyped_data(),
-                                              dy.untyped_data(), dh->untyped_data(), stream));
+  const SiluDtype dt = ToSiluDtype(h.element_type());
+  return LaunchStatus("silu_and_mul backward",
+                      LaunchSiluAndMulBwd(dt, p, h.untyped_data(), dy.untyped_data(),
+                                          dh->untyped_data(), stream));
 }
 
 XLA_FFI_DEFINE_HANDLER(kSiluCuda, SiluCudaImpl,

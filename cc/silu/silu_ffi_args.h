@@ -45,7 +45,7 @@ inline ffi::Error DecodeSiluArgs(const std::string& op, ffi::AnyBuffer h,
 inline int64_t SiluTotalRows(const SiluProblem& p) { return p.problems * p.rows; }
 
 // Checks that `buf` has dtype `dt` and `n` elements.
-inline ffi::Error CheckSiluResult(const std::string& op, const std::string& name,
+inline ffi::Error CheckSiluBuffer(const std::string& op, const std::string& name,
                                   const ffi::AnyBuffer& buf, ffi::DataType dt, int64_t n) {
   if (buf.element_type() != dt) return InvalidArgument(op, name + " has the wrong dtype");
   if (static_cast<int64_t>(buf.element_count()) != n)
@@ -53,13 +53,39 @@ inline ffi::Error CheckSiluResult(const std::string& op, const std::string& name
   return ffi::Error::Success();
 }
 
-inline ffi::Error CheckSiluFp8(const std::string& op, const SiluProblem& p,
-                               const ffi::AnyBuffer& q, const ffi::AnyBuffer& scales) {
-  if (p.inter % 128 != 0) return InvalidArgument(op, "fp8 output needs I to be a multiple of 128");
-  const int64_t n = SiluTotalRows(p) * p.inter;
-  ffi::Error err = CheckSiluResult(op, "q", q, ffi::DataType::F8E4M3FN, n);
+// One decoder per custom call: operands, attributes and results checked together.
+inline ffi::Error DecodeSiluFwd(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
+                                const ffi::AnyBuffer& y, int64_t num_batch_dims, bool zero_fill,
+                                SiluProblem* p) {
+  const std::string op = "silu_and_mul";
+  ffi::Error err = DecodeSiluArgs(op, h, counts, num_batch_dims, zero_fill, p);
   if (err.failure()) return err;
-  return CheckSiluResult(op, "scales", scales, ffi::DataType::F32, n / 128);
+  return CheckSiluBuffer(op, "y", y, h.element_type(), SiluTotalRows(*p) * p->inter);
+}
+
+inline ffi::Error DecodeSiluFp8(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
+                                const ffi::AnyBuffer& q, const ffi::AnyBuffer& scales,
+                                int64_t num_batch_dims, bool zero_fill, SiluProblem* p) {
+  const std::string op = "silu_and_mul(fp8=True)";
+  ffi::Error err = DecodeSiluArgs(op, h, counts, num_batch_dims, zero_fill, p);
+  if (err.failure()) return err;
+  if (p->inter % 128 != 0) return InvalidArgument(op, "fp8 output needs I to be a multiple of 128");
+  const int64_t n = SiluTotalRows(*p) * p->inter;
+  err = CheckSiluBuffer(op, "q", q, ffi::DataType::F8E4M3FN, n);
+  if (err.failure()) return err;
+  return CheckSiluBuffer(op, "scales", scales, ffi::DataType::F32, n / 128);
+}
+
+// The backward pass always zero-fills: masked rows get a zero gradient.
+inline ffi::Error DecodeSiluBwd(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
+                                const ffi::AnyBuffer& dy, const ffi::AnyBuffer& dh,
+                                int64_t num_batch_dims, SiluProblem* p) {
+  const std::string op = "silu_and_mul backward";
+  ffi::Error err = DecodeSiluArgs(op, h, counts, num_batch_dims, /*zero_fill=*/true, p);
+  if (err.failure()) return err;
+  err = CheckSiluBuffer(op, "dy", dy, h.element_type(), SiluTotalRows(*p) * p->inter);
+  if (err.failure()) return err;
+  return CheckSiluBuffer(op, "dh", dh, h.element_type(), h.element_count());
 }
 
 }  // namespace jax_moe

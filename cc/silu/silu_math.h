@@ -15,8 +15,8 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
+#include "common/half_bits.h"  // BitsToFloat
 #include "common/hd.h"
 
 namespace jax_moe {
@@ -24,16 +24,7 @@ namespace jax_moe {
 JAX_MOE_HD float SiluFma(float a, float b, float c) { return fmaf(a, b, c); }
 
 // 2^n as a float for n in [-126, 127] (exact).
-JAX_MOE_HD float Pow2(int n) {
-  const uint32_t bits = static_cast<uint32_t>(n + 127) << 23;
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(bits);
-#else
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-#endif
-}
+JAX_MOE_HD float Pow2(int n) { return BitsToFloat(static_cast<uint32_t>(n + 127) << 23); }
 
 JAX_MOE_HD float SiluExp(float x) {
   if (x != x) return x;
