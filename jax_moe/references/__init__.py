@@ -1,2 +1,2 @@
-"""Pure-JAX formulations of our ops: the baselines our kernels are measured
-against, written from the specs (no custom calls)."""
+"""Pure-JAX formulations of our ops (no custom calls), written from the specs:
+test references and the baselines our kernels are measured against."""
