@@ -7,8 +7,8 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
+#include "common/half_bits.h"  // F32ToBits
 #include "common/hd.h"
 
 namespace jax_moe {
@@ -17,20 +17,10 @@ constexpr int kFp8Group = 128;
 constexpr float kFp8Max = 448.0f;
 constexpr float kFp8MinAmax = 1e-4f;
 
-JAX_MOE_HD uint32_t FloatBits(float f) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return u;
-#endif
-}
-
 // float -> float8_e4m3fn bits (bias 7, no infinities, 0x7f/0xff = NaN), round to
 // nearest even, saturating to +-448. NaN maps to NaN.
 JAX_MOE_HD uint8_t FloatToE4m3(float f) {
-  const uint32_t u = FloatBits(f);
+  const uint32_t u = F32ToBits(f);
   const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
   const uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return static_cast<uint8_t>(sign | 0x7f);  // NaN

@@ -1,17 +1,28 @@
-// float <-> bfloat16 / float16 bit conversions for host kernels (round to nearest
-// even, like the CUDA __float2bfloat16_rn / __float2half_rn intrinsics, so a CPU
-// kernel and a CUDA kernel that round the same float32 store the same bits).
+// bfloat16 / float16 storage <-> float32, in plain integer arithmetic.
+//
+// The CPU and CUDA kernels both convert through these functions, so a row that
+// is scaled or summed in float32 rounds back to 16 bits identically on both
+// backends (round to nearest even, as XLA's convert does). Widening is exact.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-#include "common/fp8.h"  // FloatBits
 #include "common/hd.h"
 
 namespace jax_moe {
 
-JAX_MOE_HD float BitsToFloat(uint32_t u) {
+JAX_MOE_HD uint32_t F32ToBits(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+#endif
+}
+
+JAX_MOE_HD float BitsToF32(uint32_t u) {
 #ifdef __CUDA_ARCH__
   return __uint_as_float(u);
 #else
@@ -21,49 +32,70 @@ JAX_MOE_HD float BitsToFloat(uint32_t u) {
 #endif
 }
 
-inline float Bf16ToFloat(uint16_t b) { return BitsToFloat(static_cast<uint32_t>(b) << 16); }
+JAX_MOE_HD float Bf16ToF32(uint16_t h) { return BitsToF32(static_cast<uint32_t>(h) << 16); }
 
-inline uint16_t FloatToBf16(float f) {
-  const uint32_t u = FloatBits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+JAX_MOE_HD uint16_t F32ToBf16(float f) {
+  uint32_t u = F32ToBits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u)  // NaN: keep it a (quiet) NaN
+    return static_cast<uint16_t>((u >> 16) | 0x0040u);
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even; carries into the exponent
+  return static_cast<uint16_t>(u >> 16);
 }
 
-inline float HalfToFloat(uint16_t h) {
+JAX_MOE_HD float F16ToF32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t e = (h >> 10) & 0x1fu;
-  const uint32_t m = h & 0x3ffu;
-  if (e == 0) {  // zero or subnormal: m * 2^-24, exact in float32
-    const float v = static_cast<float>(m) * 5.9604644775390625e-8f;
-    return BitsToFloat(FloatBits(v) | sign);
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t man = h & 0x3ffu;
+  if (exp == 0x1f) return BitsToF32(sign | 0x7f800000u | (man << 13));  // inf / NaN
+  if (exp == 0) {
+    // Zero or subnormal: man * 2^-24, exact in float32.
+    const float v = static_cast<float>(man) * 5.9604644775390625e-08f;
+    return sign ? -v : v;
   }
-  if (e == 31) return BitsToFloat(sign | 0x7f800000u | (m << 13));  // inf / NaN
-  return BitsToFloat(sign | ((e + 112u) << 23) | (m << 13));
+  return BitsToF32(sign | ((exp + 112u) << 23) | (man << 13));  // rebias 15 -> 127
 }
 
-inline uint16_t FloatToHalf(float f) {
-  const uint32_t u = FloatBits(f);
+JAX_MOE_HD uint16_t F32ToF16(float f) {
+  const uint32_t u = F32ToBits(f);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (a > 0x7f800000u)  // NaN: quiet, keep the top payload bits
+    return static_cast<uint16_t>(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
   if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520: inf
-  if (a < 0x38800000u) {
-    // Below 2^-14: float16 subnormal m * 2^-24. Values up to 2^-25 (a tie) round to 0.
-    if (a <= 0x33000000u) return sign;
-    const int exp = static_cast<int>(a >> 23) - 127;     // in [-25, -15]
-    const uint32_t mant = (a & 0x7fffffu) | 0x800000u;  // value = mant * 2^(exp-23)
-    const int shift = -1 - exp;                          // value / 2^-24 = mant >> shift
-    const uint32_t q = mant >> shift;
-    const uint32_t rem = mant & ((1u << shift) - 1);
-    const uint32_t half = 1u << (shift - 1);
-    const uint32_t r = q + ((rem > half || (rem == half && (q & 1))) ? 1 : 0);
-    return static_cast<uint16_t>(sign | r);  // r == 0x400 is the smallest normal
+  if (a >= 0x38800000u) {
+    // Normal half (>= 2^-14): rebias the exponent, round away 13 mantissa bits.
+    uint32_t r = a - 0x38000000u;
+    r += 0xfffu + ((r >> 13) & 1u);
+    return static_cast<uint16_t>(sign | (r >> 13));
   }
-  const uint32_t e = (a >> 23) - 112u;  // rebias 127 -> 15
-  uint32_t q = (e << 10) | ((a & 0x7fffffu) >> 13);
-  const uint32_t rem = a & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (q & 1))) ++q;  // may carry into inf: correct
+  // Subnormal half: value / 2^-24 rounded to nearest even. <= 2^-25 rounds to 0
+  // (exactly 2^-25 is a tie with 0, which is even).
+  if (a <= 0x33000000u) return sign;
+  const int exp = static_cast<int>(a >> 23) - 127;  // in [-25, -15]
+  const uint32_t mant = (a & 0x7fffffu) | 0x800000u;
+  const int shift = -exp - 1;  // value / 2^-24 = mant >> shift, shift in [14, 24]
+  uint32_t q = mant >> shift;
+  const uint32_t rem = mant & ((1u << shift) - 1u);
+  const uint32_t half = 1u << (shift - 1);
+  if (rem > half || (rem == half && (q & 1u))) ++q;  // q == 0x400: smallest normal
   return static_cast<uint16_t>(sign | q);
 }
+
+// Row element formats: storage type plus exact widening / rounding narrowing.
+struct F32Format {
+  using Storage = float;
+  static JAX_MOE_HD float Load(float v) { return v; }
+  static JAX_MOE_HD float Store(float v) { return v; }
+};
+struct Bf16Format {
+  using Storage = uint16_t;
+  static JAX_MOE_HD float Load(uint16_t v) { return Bf16ToF32(v); }
+  static JAX_MOE_HD uint16_t Store(float v) { return F32ToBf16(v); }
+};
+struct F16Format {
+  using Storage = uint16_t;
+  static JAX_MOE_HD float Load(uint16_t v) { return F16ToF32(v); }
+  static JAX_MOE_HD uint16_t Store(float v) { return F32ToF16(v); }
+};
 
 }  // namespace jax_moe

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <vector>
 
-#include "permute/half_bits.h"
+#include "common/half_bits.h"
 
 // Products and sums round separately (no fused multiply-add), as the CUDA
 // kernels do with __fmul_rn/__fadd_rn: the spec fixes the float32 summation

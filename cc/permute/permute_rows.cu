@@ -1,6 +1,6 @@
 // CUDA kernel of permute: x_sorted row j = scale[r] * x[r / K], r = sorted_ids[j].
 // One thread group per output row (a gather: every row written exactly once).
-#include "permute/half_bits.h"
+#include "common/half_bits.h"
 #include "permute/permute_cuda.h"
 #include "permute/row_launch.cuh"
 

@@ -2,7 +2,7 @@
 #pragma once
 
 #include "common/dtype_dispatch.h"
-#include "permute/half_bits.h"
+#include "common/half_bits.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace jax_moe {

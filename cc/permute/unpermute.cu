@@ -2,7 +2,7 @@
 // gradient (one dot product per route). Both are gathers: each output element
 // is written once by one thread (group) in a fixed order, so results are
 // deterministic; no atomics.
-#include "permute/half_bits.h"
+#include "common/half_bits.h"
 #include "permute/permute_cuda.h"
 #include "permute/row_launch.cuh"
 

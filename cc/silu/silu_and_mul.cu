@@ -27,7 +27,7 @@ __device__ __forceinline__ float ToF(__half v) { return __half2float(v); }
 template <typename T> __device__ __forceinline__ T FromF(float v);
 template <> __device__ __forceinline__ float FromF<float>(float v) { return v; }
 template <> __device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);  // round to nearest even, as FloatToBf16 on the CPU
+  return __float2bfloat16_rn(v);  // round to nearest even, as F32ToBf16 on the CPU
 }
 template <> __device__ __forceinline__ __half FromF<__half>(float v) { return __float2half_rn(v); }
 

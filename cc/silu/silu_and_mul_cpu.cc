@@ -12,13 +12,13 @@ namespace jax_moe {
 namespace {
 
 inline float Load(float v) { return v; }
-inline float Load(Bf16Bits v) { return Bf16ToFloat(v.bits); }
-inline float Load(F16Bits v) { return HalfToFloat(v.bits); }
+inline float Load(Bf16Bits v) { return Bf16ToF32(v.bits); }
+inline float Load(F16Bits v) { return F16ToF32(v.bits); }
 
 template <typename T> T Store(float v);
 template <> float Store<float>(float v) { return v; }
-template <> Bf16Bits Store<Bf16Bits>(float v) { return {FloatToBf16(v)}; }
-template <> F16Bits Store<F16Bits>(float v) { return {FloatToHalf(v)}; }
+template <> Bf16Bits Store<Bf16Bits>(float v) { return {F32ToBf16(v)}; }
+template <> F16Bits Store<F16Bits>(float v) { return {F32ToF16(v)}; }
 
 // Calls valid(r) for each computed row and masked(r) for each row past its
 // problem's count (r = global row index). Masked rows are never read.

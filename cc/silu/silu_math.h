@@ -16,7 +16,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "common/half_bits.h"  // BitsToFloat
+#include "common/half_bits.h"  // BitsToF32
 #include "common/hd.h"
 
 namespace jax_moe {
@@ -24,7 +24,7 @@ namespace jax_moe {
 JAX_MOE_HD float SiluFma(float a, float b, float c) { return fmaf(a, b, c); }
 
 // 2^n as a float for n in [-126, 127] (exact).
-JAX_MOE_HD float Pow2(int n) { return BitsToFloat(static_cast<uint32_t>(n + 127) << 23); }
+JAX_MOE_HD float Pow2(int n) { return BitsToF32(static_cast<uint32_t>(n + 127) << 23); }
 
 JAX_MOE_HD float SiluExp(float x) {
   if (x != x) return x;
