@@ -1,5 +1,6 @@
 """Small CUDA workload for compute-sanitizer: both align paths with wild ids and
-maps; permute/unpermute forward and backward with dropped routes."""
+maps; permute/unpermute forward and backward with dropped routes; silu_and_mul
+(plain, fp8, counts, backward)."""
 import jax
 import numpy as np
 
@@ -31,3 +32,14 @@ for T, H, E, K, dt in [(5, 8, 4, 2, jnp.float32), (300, 256, 16, 4, jnp.bfloat16
 
     jax.block_until_ready(jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w))
 print("sanitize permute done")
+
+# silu_and_mul: plain, fp8, counts mask (rows past the count are never read).
+for shape, dt in [((33, 2 * 256), jnp.bfloat16), ((4, 50, 2 * 384), jnp.float32)]:
+    h = jnp.asarray(rng.normal(size=shape), dt)
+    jax.block_until_ready(jax.jit(jax_moe.silu_and_mul)(h))
+    jax.block_until_ready(jax.jit(lambda h: jax_moe.silu_and_mul(h, fp8=True))(h))
+    jax.block_until_ready(jax.jit(jax.grad(lambda h: jnp.sum(jax_moe.silu_and_mul(h).astype(jnp.float32))))(h))
+counts = jnp.asarray([0, 50, 7, 99], jnp.int32)
+h = jnp.asarray(rng.normal(size=(4, 50, 256)), jnp.bfloat16)
+jax.block_until_ready(jax.jit(lambda h, c: jax_moe.silu_and_mul(h, counts=c, fp8=True))(h, counts))
+print("sanitize silu done")
