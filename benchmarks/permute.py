@@ -3,9 +3,10 @@
     python benchmarks/permute.py [--backend gpu|cpu] [--out DIR]
 
 Shapes: DeepSeek-like rows (H 7168 bf16, E 256, top-8) at 128 and 4096 tokens.
-Times per call (benchmarks/timing.py); GB/s counts each route row read once and
-written once (2 * T*K*H*2 bytes), against the H200 copy bandwidth of the spec
-(4.28 TB/s, read + write).
+Times per call (benchmarks/timing.py). GB/s counts the fewest bytes each op
+must move, (T + T*K) rows of H bf16 (permute: read each token row once, write
+each route row; unpermute: read each route row, write each token row), against
+the H200 copy bandwidth of the spec (4.28 TB/s, read + write).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def main(argv=None):
             "unpermute (JAX gather)": (lambda y, v, w: unpermute_gather(y, v, w),
                                        lambda _: (y0[: T * K], inv0, w0)),
         }
-        bytes_moved = 2 * T * K * H * 2
+        bytes_moved = (T + T * K) * H * 2
         for name, (fn, mk) in cases.items():
             m = measure(fn, mk, device=device)
             gbs = bytes_moved / (m["us"] * 1e-6) / 1e9 if m["us"] else float("nan")
