@@ -60,3 +60,14 @@ def sdy_rule_attribute(ctx, rule: SdyShardingRule, avals_in, avals_out):
 def typeof(x):
     """The abstract value of x (`jax.typeof` where it exists)."""
     return jax.typeof(x) if hasattr(jax, "typeof") else jax.core.get_aval(x)
+
+
+def varying_axes(aval) -> frozenset:
+    """Mesh axes over which a value varies inside shard_map (its vma type).
+
+    `aval.manual_axis_type.varying` from jax 0.10, `aval.vma` before.
+    """
+    mat = getattr(aval, "manual_axis_type", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()) or ())
