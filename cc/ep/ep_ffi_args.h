@@ -11,6 +11,12 @@
 
 namespace jax_moe {
 
+// Element count as a signed integer (all our sizes are compared as int64_t).
+template <typename B>
+int64_t Elems(const B& b) {
+  return static_cast<int64_t>(b.element_count());
+}
+
 struct EpLayoutArgs {
   int64_t T, K, E, R;
 };
@@ -27,9 +33,9 @@ inline ffi::Error DecodeEpLayout(ffi::Buffer<ffi::S32> ids,
     return InvalidArgument(op, "num_experts must be a positive multiple of num_ranks");
   *a = {d[0], d[1], num_experts, num_ranks};
   if (a->R * a->T >= (int64_t{1} << 31)) return InvalidArgument(op, "R*T does not fit in int32");
-  if (send_rows->element_count() != a->R * a->T ||
-      send_local->element_count() != a->R * a->T * a->K ||
-      token_index->element_count() != a->T * a->R)
+  if (Elems(*send_rows) != a->R * a->T ||
+      Elems(*send_local) != a->R * a->T * a->K ||
+      Elems(*token_index) != a->T * a->R)
     return InvalidArgument(op, "result shapes disagree with the operands");
   return ffi::Error::Success();
 }
@@ -50,12 +56,12 @@ inline ffi::Error DecodeEpRoute(ffi::Buffer<ffi::S32> recv_local,
   if (d.size() != 2) return InvalidArgument(op, "recv_local must be [M, K]");
   if (num_local < 1) return InvalidArgument(op, "num_local must be >= 1");
   if (mode != kEpLowLatency && mode != kEpNormal) return InvalidArgument(op, "unknown mode");
-  *a = {d[0], d[1], num_local, mode, row_src->element_count()};
+  *a = {d[0], d[1], num_local, mode, Elems(*row_src)};
   if (mode == kEpLowLatency && a->N != a->El * a->M)
     return InvalidArgument(op, "low_latency needs El*M expert-side rows");
   if (a->N >= (int64_t{1} << 31)) return InvalidArgument(op, "row count does not fit in int32");
-  if (recv_index->element_count() != a->M * a->K || counts->element_count() != a->El ||
-      group_sizes->element_count() != a->El || dropped->element_count() != 1)
+  if (Elems(*recv_index) != a->M * a->K || Elems(*counts) != a->El ||
+      Elems(*group_sizes) != a->El || Elems(*dropped) != 1)
     return InvalidArgument(op, "result shapes disagree with the operands");
   return ffi::Error::Success();
 }
@@ -72,7 +78,7 @@ inline ffi::Error DecodeEpGather(ffi::AnyBuffer in, ffi::Buffer<ffi::S32> rows,
   const auto od = out->dimensions();
   if (d.size() != 2 || od.size() != 2) return InvalidArgument(op, "rows must be 2-D");
   if (out->element_type() != in.element_type()) return InvalidArgument(op, "dtype mismatch");
-  *a = {d[0], d[1], rows.element_count()};
+  *a = {d[0], d[1], Elems(rows)};
   if (od[0] != a->num_out || od[1] != a->row_elems)
     return InvalidArgument(op, "result shape disagrees with the operands");
   return ffi::Error::Success();
@@ -87,9 +93,9 @@ inline ffi::Error DecodeEpPackFp8(ffi::AnyBuffer x, ffi::Buffer<ffi::S32> rows,
   if (d.size() != 2) return InvalidArgument(op, "x must be [T, H]");
   if (d[1] % 128) return InvalidArgument(op, "H must be a multiple of 128");
   if (q->element_type() != ffi::F8E4M3FN) return InvalidArgument(op, "q must be float8_e4m3fn");
-  *a = {d[0], d[1], rows.element_count()};
-  if (q->element_count() != a->num_out * a->row_elems ||
-      scales->element_count() != a->num_out * (a->row_elems / 128))
+  *a = {d[0], d[1], Elems(rows)};
+  if (Elems(*q) != a->num_out * a->row_elems ||
+      Elems(*scales) != a->num_out * (a->row_elems / 128))
     return InvalidArgument(op, "result shapes disagree with the operands");
   return ffi::Error::Success();
 }
@@ -106,11 +112,11 @@ inline ffi::Error DecodeEpCombine(ffi::AnyBuffer y, ffi::Buffer<ffi::S32> index,
   const auto d = y.dimensions();
   const auto id = index.dimensions();
   if (d.size() != 2 || id.size() != 2) return InvalidArgument(op, "y and index must be 2-D");
-  if (w.element_count() != index.element_count())
+  if (Elems(w) != Elems(index))
     return InvalidArgument(op, "weights and index differ in shape");
   if (out->element_type() != y.element_type()) return InvalidArgument(op, "dtype mismatch");
   *a = {d[0], d[1], id[0], id[1]};
-  if (out->element_count() != a->M * a->H)
+  if (Elems(*out) != a->M * a->H)
     return InvalidArgument(op, "result shape disagrees with the operands");
   return ffi::Error::Success();
 }
