@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.extend.core import Primitive
 from jax.interpreters import xla
 
@@ -144,3 +145,30 @@ def _combine_abstract(y, index, weights):
 
 _ffi.register_lowerings(combine_p, "jax_moe_ep_combine",
                         sharding_rule=_rows_rule(channels_pass=True))
+
+
+# --- keeping the channel axis sharded over automatic mesh axes -----------------------
+# XLA's partitioner replicates any custom call it cannot split, whatever its
+# Shardy rule says; a "tp" axis left automatic around the EP shard_map would
+# then all-gather the hidden dim at every row kernel. custom_partitioning lets
+# the row kernels run on their channel shard: Shardy first replicates the row
+# axes (need_replication), then each device calls the kernel on what it holds.
+# Inside a fully manual shard_map it is simply inlined.
+
+def _keep_channels(bind, rule, need_replication):
+    @custom_partitioning
+    def call(*args):
+        return bind(*args)
+
+    def partition(mesh, arg_infos, result_infos):
+        del result_infos
+        # Row axes are replicated by now; the result is split like the rows in.
+        shardings = tuple(a.sharding for a in arg_infos)
+        return mesh, bind, shardings[0], shardings
+
+    call.def_partition(partition, sharding_rule=rule, need_replication_factors=need_replication)
+    return call
+
+
+gather = _keep_channels(gather_p.bind, "a c, b -> b c", ("a", "b"))
+combine = _keep_channels(combine_p.bind, "n c, m j, m j -> m c", ("n", "m", "j"))

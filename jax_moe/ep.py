@@ -106,11 +106,11 @@ def _varying(a, axis_name):
 
 
 def _gather(rows_in, index):
-    return K_.gather_p.bind(rows_in, index)
+    return K_.gather(rows_in, index)
 
 
 def _combine(y, index, weights):
-    return K_.combine_p.bind(y, index, weights.astype(jnp.float32))
+    return K_.combine(y, index, weights.astype(jnp.float32))
 
 
 def _ones(index):
