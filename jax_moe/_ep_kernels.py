@@ -96,7 +96,19 @@ def _route_abstract(recv_local, *, num_local, mode, num_rows):
             _avals.derived(recv_local, (1,), i32))             # dropped
 
 
+# Keep in sync with cc/ep/ep_route_plan.h: the CUDA kernels keep per (local
+# expert, chunk of received rows) counts in a device workspace.
+ROUTE_CHUNK_ROWS = 1024
+
+
+def _route_cuda_workspace(avals_in, *, num_local, **_):
+    m = avals_in[0].shape[0]
+    chunks = max(1, -(-m // ROUTE_CHUNK_ROWS))
+    return [_avals.derived(avals_in[0], (num_local * chunks,), np.int32)]
+
+
 _ffi.register_lowerings(route_p, "jax_moe_ep_route", sharding_rule=_replicated_rule,
+                        workspace={"cuda": _route_cuda_workspace},
                         attrs=lambda num_local, mode, num_rows: dict(num_local=num_local,
                                                                       mode=mode))
 

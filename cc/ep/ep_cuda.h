@@ -19,7 +19,7 @@ cudaError_t LaunchEpLayout(const int32_t* ids, int64_t T, int64_t K, int64_t num
 cudaError_t LaunchEpRoute(const int32_t* recv_local, int64_t M, int64_t K, int64_t El,
                           int64_t mode, int64_t N, int32_t* recv_index, int32_t* row_src,
                           int32_t* counts, int32_t* group_sizes, int32_t* dropped,
-                          cudaStream_t stream);
+                          int32_t* workspace, cudaStream_t stream);
 
 cudaError_t LaunchEpGather(const void* in, int64_t num_in, int64_t row_bytes,
                            const int32_t* rows, int64_t num_out, void* out, cudaStream_t stream);

@@ -8,6 +8,7 @@
 #include "common/registry.h"
 #include "ep/ep_cuda.h"
 #include "ep/ep_ffi_args.h"
+#include "ep/ep_route_plan.h"
 
 namespace jax_moe {
 namespace {
@@ -58,17 +59,20 @@ ffi::Error RouteImpl(cudaStream_t stream, ffi::Buffer<ffi::S32> recv_local,
                      ffi::Result<ffi::Buffer<ffi::S32>> row_src,
                      ffi::Result<ffi::Buffer<ffi::S32>> counts,
                      ffi::Result<ffi::Buffer<ffi::S32>> group_sizes,
-                     ffi::Result<ffi::Buffer<ffi::S32>> dropped, int64_t num_local,
+                     ffi::Result<ffi::Buffer<ffi::S32>> dropped,
+                     ffi::Result<ffi::Buffer<ffi::S32>> workspace, int64_t num_local,
                      int64_t mode) {
   EpRouteArgs a;
   ffi::Error err = DecodeEpRoute(recv_local, recv_index, row_src, counts, group_sizes, dropped,
                                  num_local, mode, &a);
   if (err.failure()) return err;
+  if (Elems(*workspace) < ep_route_plan::WorkspaceWords(a.M, a.El))
+    return ffi::Error::Internal("ep_route: CUDA workspace too small (Python plan out of sync)");
   return Launched("ep_route",
                   LaunchEpRoute(recv_local.typed_data(), a.M, a.K, a.El, a.mode, a.N,
                                 recv_index->typed_data(), row_src->typed_data(),
                                 counts->typed_data(), group_sizes->typed_data(),
-                                dropped->typed_data(), stream));
+                                dropped->typed_data(), workspace->typed_data(), stream));
 }
 
 XLA_FFI_DEFINE_HANDLER(kRoute, RouteImpl,
@@ -80,6 +84,7 @@ XLA_FFI_DEFINE_HANDLER(kRoute, RouteImpl,
                            .Ret<ffi::Buffer<ffi::S32>>()  // counts [El]
                            .Ret<ffi::Buffer<ffi::S32>>()  // group_sizes [El]
                            .Ret<ffi::Buffer<ffi::S32>>()  // dropped [1]
+                           .Ret<ffi::Buffer<ffi::S32>>()  // workspace [El * chunks]
                            .Attr<int64_t>("num_local")
                            .Attr<int64_t>("mode"),
                        {ffi::Traits::kCmdBufferCompatible});
