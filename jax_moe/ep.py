@@ -58,8 +58,9 @@ class EpRecv(NamedTuple):
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["send_rows", "token_index", "recv_index", "row_src", "weights"],
-    meta_fields=["axis_name", "num_ranks", "num_tokens", "mode", "num_rows",
+    data_fields=["send_rows", "token_index", "recv_index", "row_src", "send_sizes",
+                 "recv_sizes", "weights"],
+    meta_fields=["axis_name", "num_ranks", "num_tokens", "mode", "num_rows", "ragged",
                  "x_shape_dtype"])
 @dataclasses.dataclass(frozen=True)
 class EpHandle:
@@ -70,6 +71,8 @@ class EpHandle:
     recv_index: int32 [R*T, K] expert-side row of each received route (-1: none,
       another rank's, dropped, or a duplicate of an earlier route of the row).
     row_src: int32 [N] received row of each expert-side row (-1: padding).
+    send_sizes: int32 [R] rows sent to each rank; recv_sizes: int32 [R] rows
+      received from each rank (for ragged_all_to_all).
     weights: float32 [R*T, K] combine weight at each recv_index entry
       (duplicate routes' weights merged into the first).
     """
@@ -77,13 +80,25 @@ class EpHandle:
     token_index: jax.Array
     recv_index: jax.Array
     row_src: jax.Array
+    send_sizes: jax.Array
+    recv_sizes: jax.Array
     weights: jax.Array
     axis_name: Any
     num_ranks: int
     num_tokens: int
     mode: str
     num_rows: int
+    ragged: bool
     x_shape_dtype: tuple
+
+    @property
+    def plan(self):
+        return (self.send_rows, self.token_index, self.recv_index, self.row_src,
+                self.send_sizes, self.recv_sizes)
+
+    @property
+    def comm(self):
+        return (self.axis_name, self.num_ranks, self.ragged)
 
 
 # --- helpers ------------------------------------------------------------------
@@ -95,6 +110,35 @@ def _all_to_all(a, axis_name, num_ranks):
     a = a.reshape((num_ranks, shape[0] // num_ranks) + shape[1:])
     a = jax.lax.all_to_all(a, axis_name, 0, 0)
     return a.reshape(shape)
+
+
+def _ragged_all_to_all(a, send_sizes, recv_sizes, axis_name, num_ranks):
+    """Like `_all_to_all`, but only the first send_sizes[r] rows of block r
+    travel; they land at the same place as with `_all_to_all` (block s of the
+    result holds rank s's rows), the rest of the result is zeros."""
+    t = a.shape[0] // num_ranks
+    me = jax.lax.axis_index(axis_name).astype(jnp.int32)
+    in_offsets = jnp.arange(num_ranks, dtype=jnp.int32) * t
+    out_offsets = jnp.zeros((num_ranks,), jnp.int32) + me * t
+    v = lambda b: _varying(b, axis_name)
+    return jax.lax.ragged_all_to_all(a, v(jnp.zeros_like(a)), v(in_offsets), v(send_sizes),
+                                     v(out_offsets), v(recv_sizes), axis_name=axis_name)
+
+
+def _to_experts(a, plan, comm):
+    """Block r of `a` ([R*T, ...], source side) to rank r."""
+    axis_name, num_ranks, ragged = comm
+    if ragged:
+        return _ragged_all_to_all(a, plan[4], plan[5], axis_name, num_ranks)
+    return _all_to_all(a, axis_name, num_ranks)
+
+
+def _to_sources(a, plan, comm):
+    """Block s of `a` ([R*T, ...], expert side) back to source rank s."""
+    axis_name, num_ranks, ragged = comm
+    if ragged:
+        return _ragged_all_to_all(a, plan[5], plan[4], axis_name, num_ranks)
+    return _all_to_all(a, axis_name, num_ranks)
 
 
 def _varying(a, axis_name):
@@ -119,26 +163,29 @@ def _ones(index):
 
 # --- row movement with custom VJPs -----------------------------------------------
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _dispatch_rows(x, plan, axis_name, num_ranks, fp8):
-    send_rows, _, _, row_src = plan
+# plan: (send_rows, token_index, recv_index, row_src, send_sizes, recv_sizes)
+# comm: (axis_name, num_ranks, ragged), static.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dispatch_rows(x, plan, comm, fp8):
+    send_rows, _, _, row_src = plan[:4]
     if fp8:
         q, s = K_.pack_fp8_p.bind(x, send_rows)
-        q = _gather(_all_to_all(q, axis_name, num_ranks), row_src)
-        s = _gather(_all_to_all(s, axis_name, num_ranks), row_src)
+        q = _gather(_to_experts(q, plan, comm), row_src)
+        s = _gather(_to_experts(s, plan, comm), row_src)
         return q, s
-    sent = _all_to_all(_gather(x, send_rows), axis_name, num_ranks)
+    sent = _to_experts(_gather(x, send_rows), plan, comm)
     return _gather(sent, row_src)
 
 
-def _dispatch_rows_fwd(x, plan, axis_name, num_ranks, fp8):
-    out = _dispatch_rows(x, plan, axis_name, num_ranks, fp8)
+def _dispatch_rows_fwd(x, plan, comm, fp8):
+    out = _dispatch_rows(x, plan, comm, fp8)
     return out, (plan, out if fp8 else None, jnp.zeros((0,), x.dtype))
 
 
-def _dispatch_rows_bwd(axis_name, num_ranks, fp8, res, g):
+def _dispatch_rows_bwd(comm, fp8, res, g):
     plan, fp8_out, x_like = res
-    _, token_index, recv_index, _ = plan
+    _, token_index, recv_index, _ = plan[:4]
     if fp8:
         # Straight-through: the quantizer is treated as the identity on the
         # dequantized rows, so the cotangent of q (which JAX types as fp8) is
@@ -151,7 +198,7 @@ def _dispatch_rows_bwd(axis_name, num_ranks, fp8, res, g):
     # Unweighted combine of the cotangent: each expert-side row back to its
     # received row (recv_index lists a row once per expert), then over ranks.
     part = _combine(g, recv_index, _ones(recv_index))
-    back = _all_to_all(part, axis_name, num_ranks)
+    back = _to_sources(part, plan, comm)
     dx = _combine(back, token_index, _ones(token_index))
     return dx.astype(x_like.dtype), None
 
@@ -159,26 +206,26 @@ def _dispatch_rows_bwd(axis_name, num_ranks, fp8, res, g):
 _dispatch_rows.defvjp(_dispatch_rows_fwd, _dispatch_rows_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _combine_rows(y, weights, plan, axis_name, num_ranks):
-    _, token_index, recv_index, _ = plan
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _combine_rows(y, weights, plan, comm):
+    _, token_index, recv_index, _ = plan[:4]
     # Weighted on the expert's rank: one partial sum per received row, local
     # experts in route order; then the sum over ranks in rank order.
     part = _combine(y, recv_index, weights)
-    back = _all_to_all(part, axis_name, num_ranks)
+    back = _to_sources(part, plan, comm)
     return _combine(back, token_index, _ones(token_index))
 
 
-def _combine_rows_fwd(y, weights, plan, axis_name, num_ranks):
-    return _combine_rows(y, weights, plan, axis_name, num_ranks), (y, weights, plan)
+def _combine_rows_fwd(y, weights, plan, comm):
+    return _combine_rows(y, weights, plan, comm), (y, weights, plan)
 
 
-def _combine_rows_bwd(axis_name, num_ranks, res, g):
+def _combine_rows_bwd(comm, res, g):
     y, weights, plan = res
-    send_rows, _, recv_index, row_src = plan
+    send_rows, _, recv_index, row_src = plan[:4]
     n = y.shape[0]
     # Dispatch of the cotangent (never fp8): g_part[m] = g[token of row m].
-    g_part = _all_to_all(_gather(g, send_rows), axis_name, num_ranks)
+    g_part = _to_experts(_gather(g, send_rows), plan, comm)
     # Per expert-side row: its weight (recv_index entries are unique) and its
     # received row's cotangent.
     target = jnp.where(recv_index >= 0, recv_index, n)
@@ -229,7 +276,8 @@ def _merge_weights(recv_local, recv_index, recv_w):
 
 
 def ep_dispatch(x, topk_ids, topk_weights, *, num_experts, axis_name, mode="normal",
-                fp8=False, capacity=None, low_latency_threshold=256):
+                fp8=False, capacity=None, low_latency_threshold=256,
+                transport="all_to_all"):
     """Sends each token's row to the ranks of its experts (inside shard_map).
 
     Args:
@@ -249,6 +297,9 @@ def ep_dispatch(x, topk_ids, topk_weights, *, num_experts, axis_name, mode="norm
         worst case `ep_recv_rows`). Rows beyond it (the last ones in
         (local expert, source rank, source token) order) are dropped and
         counted in `recv.dropped`.
+      transport: "all_to_all" (dense, T rows per destination; runs everywhere)
+        or "ragged_all_to_all" (only the rows each rank needs travel; GPU only:
+        XLA:CPU does not implement it). Same results either way.
 
     Returns:
       (EpRecv, EpHandle). Duplicate ids in one token's routes that name the
@@ -287,6 +338,9 @@ def ep_dispatch(x, topk_ids, topk_weights, *, num_experts, axis_name, mode="norm
                                                  "low_latency_threshold", 0) else "normal"
     if mode not in ("normal", "low_latency"):
         raise ValueError(f"mode must be 'normal', 'low_latency' or 'auto', got {mode!r}")
+    if transport not in ("all_to_all", "ragged_all_to_all"):
+        raise ValueError(f"transport must be 'all_to_all' or 'ragged_all_to_all', got "
+                         f"{transport!r}")
     if fp8 and h % K_.FP8_GROUP:
         raise ValueError(f"fp8 needs H to be a multiple of {K_.FP8_GROUP}, got H = {h}")
     if mode == "low_latency":
@@ -317,16 +371,21 @@ def ep_dispatch(x, topk_ids, topk_weights, *, num_experts, axis_name, mode="norm
         recv_local, num_local=el,
         mode=K_.LOW_LATENCY if mode == "low_latency" else K_.NORMAL, num_rows=n)
     weights = _merge_weights(recv_local, recv_index, recv_w)
+    # Rows per (source, destination) pair: slots are filled from 0, and a
+    # received slot is used iff one of its routes names a local expert.
+    send_sizes = jnp.sum(send_rows.reshape(num_ranks, t) >= 0, axis=1, dtype=jnp.int32)
+    recv_sizes = jnp.sum(jnp.any(recv_local.reshape(num_ranks, t, k) >= 0, axis=2), axis=1,
+                         dtype=jnp.int32)
 
-    plan = (send_rows, token_index, recv_index, row_src)
-    rows = _dispatch_rows(x, plan, axis_name, num_ranks, bool(fp8))
+    handle = EpHandle(send_rows=send_rows, token_index=token_index, recv_index=recv_index,
+                      row_src=row_src, send_sizes=send_sizes, recv_sizes=recv_sizes,
+                      weights=weights, axis_name=axis_name, num_ranks=num_ranks, num_tokens=t,
+                      mode=mode, num_rows=n, ragged=transport == "ragged_all_to_all",
+                      x_shape_dtype=(tuple(x.shape), np.dtype(x.dtype)))
+    rows = _dispatch_rows(x, handle.plan, handle.comm, bool(fp8))
     if mode == "low_latency":
         rows = tuple(r.reshape(el, m, r.shape[-1]) for r in rows) if fp8 else rows.reshape(
             el, m, h)
-    handle = EpHandle(send_rows=send_rows, token_index=token_index, recv_index=recv_index,
-                      row_src=row_src, weights=weights, axis_name=axis_name,
-                      num_ranks=num_ranks, num_tokens=t, mode=mode, num_rows=n,
-                      x_shape_dtype=(tuple(x.shape), np.dtype(x.dtype)))
     recv = EpRecv(x=rows, group_sizes=group_sizes, counts=counts, dropped=dropped[0])
     return recv, handle
 
@@ -353,6 +412,5 @@ def ep_combine(y, handle: EpHandle):
         raise ValueError(f"y of shape {y.shape} does not match the dispatch layout "
                          f"({handle.mode}, {n} rows)")
     y = _varying(y, handle.axis_name).reshape(n, y.shape[-1])
-    plan = (handle.send_rows, handle.token_index, handle.recv_index, handle.row_src)
-    out = _combine_rows(y, handle.weights, plan, handle.axis_name, handle.num_ranks)
+    out = _combine_rows(y, handle.weights, handle.plan, handle.comm)
     return out.astype(handle.x_shape_dtype[1])
