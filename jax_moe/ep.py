@@ -10,7 +10,8 @@ Data path (T tokens per rank, K routes, M = R*T, N expert-side rows):
   combine: ep_combine (weighted sum of a token's local experts, on the
     expert's rank) -> all_to_all -> ep_combine (sum over ranks, fixed order).
 Every rank sends at most T rows to every rank (a token goes to a rank once), so
-the dense all_to_all with T rows per destination is dropless.
+the dense all_to_all with T rows per destination is dropless. Optionally
+(GPU) the row exchanges use ragged_all_to_all and send only the used slots.
 
 The custom calls are in jax_moe/_ep_kernels.py; AD is by `jax.custom_vjp` on the
 row movement (dispatch backward = unweighted combine, combine backward =
