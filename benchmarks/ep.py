@@ -1,0 +1,101 @@
+"""Benchmark: the local EP kernels on one device, exchange replaced by nothing.
+
+One rank's work at R = 8 shapes (shared issue 4: 4096 and 128 tokens per rank,
+H 7168 bf16, E 256, top-8): layout, pack (gather / gather + FP8), route,
+unpack (expansion), and the two combine stages, each as bytes moved per second
+and as a fraction of a plain copy's bandwidth measured in the same run. The
+"received" data is this rank's own send buffer (every rank alike).
+
+    python benchmarks/ep.py [--tokens 128 4096] [--reps 50]
+
+Time per call = wall time of a chain of `reps` calls inside one jit (each call's
+operands pass through an optimization barrier with the loop counter, so none is
+hoisted), divided by reps. Rough on CPU; meant for the H200.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_moe import _ep_kernels as K_
+
+R, H, E, K = 8, 7168, 256, 8
+EL = E // R
+
+
+def per_call_us(op, args, reps):
+    def chain(*args):
+        def body(i, out):
+            a = jax.lax.optimization_barrier((args, i))[0]
+            return op(*a)
+        return jax.lax.fori_loop(0, reps, body, op(*args))
+    f = jax.jit(chain)
+    jax.block_until_ready(f(*args))
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best / (reps + 1) * 1e6
+
+
+def nbytes(*arrays):
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, nargs="+", default=[128, 4096])
+    ap.add_argument("--reps", type=int, default=50)
+    args = ap.parse_args()
+    dev = jax.devices()[0]
+    print(f"device: {dev.device_kind} ({dev.platform}); R={R} H={H} E={E} top-{K} bf16")
+    rng = np.random.default_rng(0)
+    for t in args.tokens:
+        m = R * t
+        ids = jnp.asarray(np.stack([rng.permutation(E)[:K] for _ in range(t)]).astype(np.int32))
+        x = jnp.asarray(rng.standard_normal((t, H)), jnp.bfloat16)
+        send_rows, send_local, token_index = K_.layout_p.bind(ids, num_experts=E, num_ranks=R)
+        n = m * min(K, EL)
+        recv_index, row_src, *_ = K_.route_p.bind(send_local, num_local=EL, mode=K_.NORMAL,
+                                                  num_rows=n)
+        sent = K_.gather_p.bind(x, send_rows)
+        expanded = K_.gather_p.bind(sent, row_src)
+        w = jnp.asarray(rng.random(recv_index.shape), jnp.float32)
+        part = K_.combine_p.bind(expanded, recv_index, w)
+        ones = jnp.ones(token_index.shape, jnp.float32)
+
+        valid_send = int(jnp.sum(send_rows >= 0))
+        valid_rows = int(jnp.sum(row_src >= 0))
+        cases = [
+            # name, op, args, bytes read + written (useful rows only)
+            ("layout", lambda i: K_.layout_p.bind(i, num_experts=E, num_ranks=R), (ids,),
+             nbytes(ids, send_rows, send_local, token_index)),
+            ("pack", K_.gather_p.bind, (x, send_rows), 2 * valid_send * H * 2),
+            ("pack fp8", K_.pack_fp8_p.bind, (x, send_rows),
+             valid_send * (H * 2 + H + H // 128 * 4)),
+            ("route", lambda a: K_.route_p.bind(a, num_local=EL, mode=K_.NORMAL, num_rows=n),
+             (send_local,), nbytes(send_local, recv_index, row_src)),
+            ("unpack", K_.gather_p.bind, (sent, row_src), 2 * valid_rows * H * 2),
+            ("combine (expert side)", K_.combine_p.bind, (expanded, recv_index, w),
+             (valid_rows + valid_send) * H * 2),
+            ("combine (over ranks)", K_.combine_p.bind, (part, token_index, ones),
+             (valid_send + t) * H * 2),
+        ]
+        big = jnp.zeros((max(m, 1) * 4, H), jnp.bfloat16)
+        copy_us = per_call_us(lambda a: a + jnp.asarray(1, a.dtype), (big,), args.reps)
+        copy_gbs = 2 * nbytes(big) / copy_us / 1e3
+        print(f"\nT={t} tokens/rank: copy {copy_gbs:.0f} GB/s")
+        print(f"  {'kernel':24s} {'us':>9s} {'GB/s':>8s} {'of copy':>8s}")
+        for name, op, a, b in cases:
+            us = per_call_us(op, a, args.reps)
+            gbs = b / us / 1e3
+            print(f"  {name:24s} {us:9.1f} {gbs:8.0f} {gbs / copy_gbs:8.0%}")
+
+
+if __name__ == "__main__":
+    main()
