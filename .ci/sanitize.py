@@ -1,6 +1,6 @@
 """Small CUDA workload for compute-sanitizer: both align paths with wild ids and
 maps; permute/unpermute forward and backward with dropped routes; silu_and_mul
-(plain, fp8, counts, backward)."""
+(plain, fp8, counts, backward); the EP local kernels."""
 import jax
 import numpy as np
 
@@ -43,3 +43,23 @@ counts = jnp.asarray([0, 50, 7, 99], jnp.int32)
 h = jnp.asarray(rng.normal(size=(4, 50, 256)), jnp.bfloat16)
 jax.block_until_ready(jax.jit(lambda h, c: jax_moe.silu_and_mul(h, counts=c, fp8=True))(h, counts))
 print("sanitize silu done")
+
+# EP local kernels at R = 8 shapes (the exchange replaced by this rank's own
+# buffer), fp8 pack, both route modes, combine; ids include -1.
+from jax_moe import _ep_kernels as K_  # noqa: E402
+
+for t, e, k, h in [(5, 16, 2, 128), (40, 64, 4, 256)]:
+    r = 8
+    ids = rng.integers(-1, e, size=(t, k)).astype(np.int32)
+    x = jnp.asarray(rng.normal(size=(t, h)), jnp.bfloat16)
+    send_rows, send_local, token_index = K_.layout_p.bind(jnp.asarray(ids), num_experts=e, num_ranks=r)
+    sent = K_.gather_p.bind(x, send_rows)
+    q, s = K_.pack_fp8_p.bind(x, send_rows)
+    for mode, n in [(K_.NORMAL, r * t * min(k, e // r)), (K_.NORMAL, 7), (K_.LOW_LATENCY, (e // r) * r * t)]:
+        recv_index, row_src, *_ = K_.route_p.bind(send_local, num_local=e // r, mode=mode, num_rows=n)
+        rows = K_.gather_p.bind(sent, row_src)
+        w = jnp.asarray(rng.random(recv_index.shape), jnp.float32)
+        part = K_.combine_p.bind(rows, recv_index, w)
+        out = K_.combine_p.bind(part, token_index, jnp.ones(token_index.shape, jnp.float32))
+        jax.block_until_ready((q, s, out))
+print("sanitize ep done")

@@ -8,39 +8,33 @@ and as a fraction of a plain copy's bandwidth measured in the same run. The
 
     python benchmarks/ep.py [--tokens 128 4096] [--reps 50]
 
-Time per call = wall time of a chain of `reps` calls inside one jit (each call's
-operands pass through an optimization barrier with the loop counter, so none is
-hoisted), divided by reps. Rough on CPU; meant for the H200.
+Time per call: GPU kernel busy time from the JAX profiler over a chain of calls
+on distinct copies of the operands (benchmarks/timing.py; the copy baseline is
+timed the same way, on random data). Meant for the H200; rough on CPU.
 """
 from __future__ import annotations
 
 import argparse
-import time
+
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_moe import _ep_kernels as K_
+sys.path.insert(0, os.path.dirname(__file__))
+from jax_moe import _ep_kernels as K_  # noqa: E402
+from timing import measure  # noqa: E402
 
 R, H, E, K = 8, 7168, 256, 8
 EL = E // R
 
 
-def per_call_us(op, args, reps):
-    def chain(*args):
-        def body(i, out):
-            a = jax.lax.optimization_barrier((args, i))[0]
-            return op(*a)
-        return jax.lax.fori_loop(0, reps, body, op(*args))
-    f = jax.jit(chain)
-    jax.block_until_ready(f(*args))
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best / (reps + 1) * 1e6
+def per_call_us(op, args, chain):
+    """Per-call time of op(*args), each call on its own copies of the operands."""
+    make = lambda i: tuple(jnp.array(a, copy=True) for a in args)
+    return measure(op, make, n=chain)["us"]
 
 
 def nbytes(*arrays):
@@ -50,7 +44,7 @@ def nbytes(*arrays):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, nargs="+", default=[128, 4096])
-    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--out", default=None, help="ignored (prints only)")
     args = ap.parse_args()
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({dev.platform}); R={R} H={H} E={E} top-{K} bf16")
@@ -86,13 +80,14 @@ def main():
             ("combine (over ranks)", K_.combine_p.bind, (part, token_index, ones),
              (valid_send + t) * H * 2),
         ]
-        big = jnp.zeros((max(m, 1) * 4, H), jnp.bfloat16)
-        copy_us = per_call_us(lambda a: a + jnp.asarray(1, a.dtype), (big,), args.reps)
+        chain = 3 if t > 1024 else 10  # distinct operand copies must fit the GPU
+        big = jnp.asarray(rng.standard_normal((max(m, 1) * 4, H)), jnp.bfloat16)
+        copy_us = per_call_us(lambda a: a * jnp.asarray(-1, a.dtype), (big,), chain)
         copy_gbs = 2 * nbytes(big) / copy_us / 1e3
         print(f"\nT={t} tokens/rank: copy {copy_gbs:.0f} GB/s")
         print(f"  {'kernel':24s} {'us':>9s} {'GB/s':>8s} {'of copy':>8s}")
         for name, op, a, b in cases:
-            us = per_call_us(op, a, args.reps)
+            us = per_call_us(op, a, chain)
             gbs = b / us / 1e3
             print(f"  {name:24s} {us:9.1f} {gbs:8.0f} {gbs / copy_gbs:8.0%}")
 

@@ -98,12 +98,13 @@ def wall_per_call(fn, make_inputs, *, short=4, long=24, repeats=9, device=None):
     return max((timings[long] - timings[short]) / (long - short), 0.0)
 
 
-def measure(fn, make_inputs, *, device=None):
+def measure(fn, make_inputs, *, device=None, n=20):
     """{'us', 'span_us', 'kernels'} per call: GPU busy time from the profiler
-    (span and kernel count beside it); on CPU the wall slope (no span)."""
+    over a chain of n calls (span and kernel count beside it); on CPU the wall
+    slope (no span)."""
     device = device or jax.devices()[0]
     if device.platform in ("gpu", "cuda"):
-        r = gpu_per_call(fn, make_inputs, device=device)
+        r = gpu_per_call(fn, make_inputs, device=device, n=n)
         return {"us": r["busy_s"] * 1e6, "span_us": r["span_s"] * 1e6, "kernels": r["kernels"]}
     return {"us": wall_per_call(fn, make_inputs, device=device) * 1e6, "span_us": None,
             "kernels": None}
