@@ -318,3 +318,21 @@ def test_cuda_lowering_names_the_cuda_target(rng):
     text = jax.jit(jax.grad(lambda h: jnp.sum(jax_moe.silu_and_mul(h).astype(jnp.float32)))).trace(
         h).lower(lowering_platforms=("cuda",)).as_text()
     assert "jax_moe_silu_and_mul_bwd_cuda" in text
+
+
+def test_subnormal_intermediates_are_kept_on_cpu():
+    """XLA's CPU runtime flushes subnormals; our CPU kernels keep them, as the
+    CUDA kernels do, so both backends give the same bits (and the right value:
+    for g in (-88.7, -87.4), sigmoid(g) ~ 1e-38 is subnormal but dsilu is not)."""
+    g = np.array([-88.0, -88.5, -87.5, 3.0], np.float32)
+    h = np.concatenate([g, np.ones(4, np.float32)])[None]
+    cpu = jax.devices("cpu")[0]
+    _, vjp = jax.vjp(jax_moe.silu_and_mul, jax.device_put(h, cpu))
+    dg = np.asarray(vjp(jax.device_put(np.ones((1, 4), np.float32), cpu))[0])[0, :4]
+    g64 = g.astype(np.float64)
+    s = 1 / (1 + np.exp(-g64))
+    want = s * (1 + g64 * (1 - s))
+    np.testing.assert_allclose(dg, want, rtol=1e-4, atol=0)
+    # XLA's own flush mode is restored after our call.
+    flush = jax.jit(lambda x: x * np.float32(1e-30), device=cpu)(np.float32(1e-10))
+    assert float(flush) == 0.0

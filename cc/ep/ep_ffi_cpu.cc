@@ -1,5 +1,6 @@
 // FFI handlers of the EP kernels on the CPU: jax_moe_ep_{layout,route,gather,
 // pack_fp8,combine}_cpu.
+#include "common/ieee_denormals.h"
 #include "common/registry.h"
 #include "ep/ep_cpu.h"
 #include "ep/ep_ffi_args.h"
@@ -91,6 +92,7 @@ bool DispatchRowType(ffi::DataType dtype, F&& f) {
 
 ffi::Error PackFp8Impl(ffi::AnyBuffer x, ffi::Buffer<ffi::S32> rows,
                        ffi::Result<ffi::AnyBuffer> q, ffi::Result<ffi::Buffer<ffi::F32>> scales) {
+  const ScopedIeeeDenormals ieee;  // bits as on CUDA (see the header)
   EpRowsArgs a;
   ffi::Error err = DecodeEpPackFp8(x, rows, q, scales, &a);
   if (err.failure()) return err;
@@ -114,6 +116,7 @@ JAX_MOE_FFI_TARGET("jax_moe_ep_pack_fp8_cpu", kPackFp8);
 
 ffi::Error CombineImpl(ffi::AnyBuffer y, ffi::Buffer<ffi::S32> index, ffi::Buffer<ffi::F32> w,
                        ffi::Result<ffi::AnyBuffer> out) {
+  const ScopedIeeeDenormals ieee;  // bits as on CUDA (see the header)
   EpCombineArgs a;
   ffi::Error err = DecodeEpCombine(y, index, w, out, &a);
   if (err.failure()) return err;

@@ -1,4 +1,5 @@
 // FFI handlers: the permute family on the CPU.
+#include "common/ieee_denormals.h"
 #include "common/registry.h"
 #include "permute/permute_cpu.h"
 #include "permute/permute_ffi_args.h"
@@ -28,6 +29,7 @@ ffi::Error PermuteCpuImpl(ffi::AnyBuffer x, ffi::AnyBuffer scale,
                           ffi::Buffer<ffi::S32> sorted_ids, ffi::Buffer<ffi::S32> route_rows,
                           ffi::Result<ffi::AnyBuffer> out, int64_t num_batch_dims,
                           bool weighted) {
+  const ScopedIeeeDenormals ieee;  // bits as on CUDA (see the header)
   PermuteShape s;
   ffi::Error err = DecodePermuteArgs(x, scale, sorted_ids, route_rows, *out, num_batch_dims,
                                      weighted, &s);
@@ -50,6 +52,7 @@ ffi::Error UnpermuteCpuImpl(ffi::AnyBuffer y_sorted, ffi::AnyBuffer weights,
                             ffi::Buffer<ffi::S32> sorted_ids, ffi::Buffer<ffi::S32> route_rows,
                             ffi::Result<ffi::AnyBuffer> out, int64_t num_batch_dims,
                             bool weighted) {
+  const ScopedIeeeDenormals ieee;  // bits as on CUDA (see the header)
   PermuteShape s;
   ffi::Error err = DecodeUnpermuteArgs(y_sorted, weights, sorted_ids, route_rows, *out,
                                        num_batch_dims, weighted, &s);
@@ -71,6 +74,7 @@ ffi::Error UnpermuteCpuImpl(ffi::AnyBuffer y_sorted, ffi::AnyBuffer weights,
 ffi::Error WgradCpuImpl(ffi::AnyBuffer g, ffi::AnyBuffer y_sorted,
                         ffi::Buffer<ffi::S32> sorted_ids, ffi::Buffer<ffi::S32> route_rows,
                         ffi::Result<ffi::Buffer<ffi::F32>> dw, int64_t num_batch_dims) {
+  const ScopedIeeeDenormals ieee;  // bits as on CUDA (see the header)
   PermuteShape s;
   ffi::Error err =
       DecodeWgradArgs(g, y_sorted, sorted_ids, route_rows, *dw, num_batch_dims, &s);

@@ -1,4 +1,5 @@
 // FFI handlers: silu_and_mul forward, forward with FP8 output, and backward on the CPU.
+#include "common/ieee_denormals.h"
 #include <type_traits>
 
 #include "common/registry.h"
@@ -20,6 +21,7 @@ void DispatchRowType(ffi::DataType dt, F&& f) {
 
 ffi::Error SiluCpuImpl(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
                        ffi::Result<ffi::AnyBuffer> y, int64_t num_batch_dims, bool zero_fill) {
+  const ScopedIeeeDenormals ieee;  // bits as on CUDA (see the header)
   SiluProblem p;
   ffi::Error err = DecodeSiluFwd(h, counts, *y, num_batch_dims, zero_fill, &p);
   if (err.failure()) return err;
@@ -33,6 +35,7 @@ ffi::Error SiluCpuImpl(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
 ffi::Error SiluFp8CpuImpl(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
                           ffi::Result<ffi::AnyBuffer> q, ffi::Result<ffi::AnyBuffer> scales,
                           int64_t num_batch_dims, bool zero_fill) {
+  const ScopedIeeeDenormals ieee;  // bits as on CUDA (see the header)
   SiluProblem p;
   ffi::Error err = DecodeSiluFp8(h, counts, *q, *scales, num_batch_dims, zero_fill, &p);
   if (err.failure()) return err;
@@ -47,6 +50,7 @@ ffi::Error SiluFp8CpuImpl(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts,
 
 ffi::Error SiluBwdCpuImpl(ffi::AnyBuffer h, ffi::Buffer<ffi::S32> counts, ffi::AnyBuffer dy,
                           ffi::Result<ffi::AnyBuffer> dh, int64_t num_batch_dims) {
+  const ScopedIeeeDenormals ieee;  // bits as on CUDA (see the header)
   SiluProblem p;
   ffi::Error err = DecodeSiluBwd(h, counts, dy, *dh, num_batch_dims, &p);
   if (err.failure()) return err;
