@@ -30,6 +30,8 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/align.py
+	$(PY) benchmarks/permute.py
+	$(PY) benchmarks/ep.py
 
 clean:
 	rm -rf build $(VENV)

@@ -334,5 +334,5 @@ def test_subnormal_intermediates_are_kept_on_cpu():
     want = s * (1 + g64 * (1 - s))
     np.testing.assert_allclose(dg, want, rtol=1e-4, atol=0)
     # XLA's own flush mode is restored after our call.
-    flush = jax.jit(lambda x: x * np.float32(1e-30), device=cpu)(np.float32(1e-10))
+    flush = jax.jit(lambda x: x * np.float32(1e-30))(jax.device_put(np.float32(1e-10), cpu))
     assert float(flush) == 0.0
