@@ -7,7 +7,6 @@ primitive `align_p` (abstract eval, batching) -> FFI lowering to
 from __future__ import annotations
 
 import math
-import operator
 from typing import NamedTuple
 
 import jax
@@ -17,6 +16,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import batching, xla
 
 from jax_moe import _avals, _compat, _ffi
+from jax_moe._checks import static_int
 
 __all__ = ["Alignment", "moe_align_block_size", "align_shapes"]
 
@@ -101,16 +101,6 @@ _ffi.register_lowerings(align_p, "jax_moe_align", sharding_rule=_sharding_rule,
 
 # --- public API ------------------------------------------------------------
 
-def _static_int(value, name: str, minimum: int) -> int:
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a Python int, got {type(value).__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def moe_align_block_size(topk_ids, num_experts, block_size, topk=None, *,
                          expert_map=None, num_local_experts=None,
                          pad_sorted_ids=False) -> Alignment:
@@ -138,10 +128,10 @@ def moe_align_block_size(topk_ids, num_experts, block_size, topk=None, *,
         raise TypeError(f"topk_ids must have an integer dtype, got {topk_ids.dtype}")
     if topk_ids.ndim not in (1, 2):
         raise ValueError(f"topk_ids must be [T, K] or flat [T*K], got shape {topk_ids.shape}")
-    num_experts = _static_int(num_experts, "num_experts", 1)
-    block_size = _static_int(block_size, "block_size", 1)
+    num_experts = static_int(num_experts, "num_experts", 1)
+    block_size = static_int(block_size, "block_size", 1)
     if topk is not None:
-        topk = _static_int(topk, "topk", 1)
+        topk = static_int(topk, "topk", 1)
         if topk_ids.ndim == 2 and topk_ids.shape[-1] != topk:
             raise ValueError(f"topk={topk} disagrees with topk_ids shape {topk_ids.shape}")
         if topk_ids.ndim == 1 and topk_ids.size % topk:
@@ -160,7 +150,7 @@ def moe_align_block_size(topk_ids, num_experts, block_size, topk=None, *,
             raise TypeError(f"expert_map must be int32, got {expert_map.dtype}")
         if expert_map.shape != (num_experts,):
             raise ValueError(f"expert_map must have shape ({num_experts},), got {expert_map.shape}")
-        num_local = num_experts if num_local_experts is None else _static_int(
+        num_local = num_experts if num_local_experts is None else static_int(
             num_local_experts, "num_local_experts", 1)
 
     p, _ = align_shapes(topk_ids.size, num_local, block_size, bool(pad_sorted_ids))

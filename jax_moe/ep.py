@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import operator
 from typing import Any, NamedTuple
 
 import jax
@@ -31,6 +30,7 @@ import numpy as np
 
 from jax_moe import _compat
 from jax_moe import _ep_kernels as K_
+from jax_moe._checks import static_int
 
 __all__ = ["EpHandle", "EpRecv", "ep_combine", "ep_dispatch", "ep_recv_rows"]
 
@@ -247,16 +247,6 @@ _combine_rows.defvjp(_combine_rows_fwd, _combine_rows_bwd)
 
 # --- public API ------------------------------------------------------------------
 
-def _static_int(value, name, minimum):
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a Python int, got {type(value).__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def ep_recv_rows(num_tokens: int, topk: int, num_ranks: int, num_local_experts: int) -> int:
     """Dropless worst case of expert-side rows per rank in normal mode:
     every token of every rank routed to min(K, El) distinct local experts."""
@@ -321,7 +311,7 @@ def ep_dispatch(x, topk_ids, topk_weights, *, num_experts, axis_name, mode="norm
         raise ValueError(f"topk_weights must have shape {topk_ids.shape}, got {topk_weights.shape}")
     if not jnp.issubdtype(topk_weights.dtype, jnp.floating):
         raise TypeError(f"topk_weights must be floating, got {topk_weights.dtype}")
-    num_experts = _static_int(num_experts, "num_experts", 1)
+    num_experts = static_int(num_experts, "num_experts", 1)
     try:
         num_ranks = jax.lax.axis_size(axis_name)
     except (NameError, KeyError, ValueError) as e:
@@ -335,7 +325,7 @@ def ep_dispatch(x, topk_ids, topk_weights, *, num_experts, axis_name, mode="norm
     el = num_experts // num_ranks
     m = num_ranks * t
     if mode == "auto":
-        mode = "low_latency" if t <= _static_int(low_latency_threshold,
+        mode = "low_latency" if t <= static_int(low_latency_threshold,
                                                  "low_latency_threshold", 0) else "normal"
     if mode not in ("normal", "low_latency"):
         raise ValueError(f"mode must be 'normal', 'low_latency' or 'auto', got {mode!r}")
@@ -349,7 +339,7 @@ def ep_dispatch(x, topk_ids, topk_weights, *, num_experts, axis_name, mode="norm
             raise ValueError("capacity applies to mode='normal' only (low_latency is dropless)")
         n = el * m
     else:
-        n = ep_recv_rows(t, k, num_ranks, el) if capacity is None else _static_int(
+        n = ep_recv_rows(t, k, num_ranks, el) if capacity is None else static_int(
             capacity, "capacity", 0)
     if max(n, m * k) >= 2**31:
         raise ValueError("expert-side rows do not fit in int32")

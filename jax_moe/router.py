@@ -6,25 +6,15 @@ Qwen-MoE), sigmoid routing with a score-correction bias and group-limited top-k
 """
 from __future__ import annotations
 
-import operator
-
 import jax
 import jax.numpy as jnp
+
+from jax_moe._checks import static_int
 
 __all__ = ["route"]
 
 _SCORINGS = ("softmax", "sigmoid")
 _GROUP_SCORES = ("top2_sum", "max")
-
-
-def _static_int(value, name: str, lo: int, hi: int) -> int:
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a Python int, got {type(value).__name__}") from None
-    if value < lo or value > hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return value
 
 
 def _group_mask(selection, n_group, topk_group, group_score):
@@ -73,7 +63,7 @@ def route(logits, top_k, *, scoring="softmax", bias=None, n_group=None, topk_gro
     if logits.ndim != 2:
         raise ValueError(f"logits must be [T, E], got shape {logits.shape}")
     num_experts = logits.shape[1]
-    top_k = _static_int(top_k, "top_k", 1, num_experts)
+    top_k = static_int(top_k, "top_k", 1, num_experts)
     if scoring not in _SCORINGS:
         raise ValueError(f"scoring must be one of {_SCORINGS}, got {scoring!r}")
     if group_score not in _GROUP_SCORES:
@@ -91,10 +81,10 @@ def route(logits, top_k, *, scoring="softmax", bias=None, n_group=None, topk_gro
     if (n_group is None) != (topk_group is None):
         raise ValueError("n_group and topk_group must be given together")
     if n_group is not None:
-        n_group = _static_int(n_group, "n_group", 1, num_experts)
+        n_group = static_int(n_group, "n_group", 1, num_experts)
         if num_experts % n_group:
             raise ValueError(f"n_group={n_group} must divide the number of experts {num_experts}")
-        topk_group = _static_int(topk_group, "topk_group", 1, n_group)
+        topk_group = static_int(topk_group, "topk_group", 1, n_group)
         group_size = num_experts // n_group
         if group_score == "top2_sum" and group_size < 2:
             raise ValueError("group_score='top2_sum' needs at least 2 experts per group")

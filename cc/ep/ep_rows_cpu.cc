@@ -1,12 +1,6 @@
 // Row movement of the EP dispatch/combine on the CPU: gather, gather + FP8 cast,
 // weighted gather-sum (see ep_cpu.h).
-// No fused multiply-add contraction (default on e.g. aarch64): the CUDA kernels
-// round every product and sum separately, and the two must agree bit for bit.
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+#include "common/no_fp_contract.h"  // the kernels below: no FMA contraction
 
 #include <cmath>
 #include <cstring>

@@ -6,14 +6,7 @@
 
 #include "common/half_bits.h"
 
-// Products and sums round separately (no fused multiply-add), as the CUDA
-// kernels do with __fmul_rn/__fadd_rn: the spec fixes the float32 summation
-// order, and GNU mode would otherwise contract `acc += w * v` on FMA targets.
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+#include "common/no_fp_contract.h"  // the kernels below: no FMA contraction
 
 namespace jax_moe {
 
