@@ -199,8 +199,10 @@ def test_fp8_rows_and_layer(rng, mode):
     params = random_params(rng, e, h, i)
     out = ep_layer(cpu_mesh(r), num_experts=e, mode=mode, fp8=True)(x, ids, w, params)[0]
     want = reference(x, ids, w, params, e)
-    # e4m3 keeps 3 mantissa bits: relative rounding error <= 2^-4 per element.
-    assert rel_err(out, want) < 6e-2
+    # e4m3 keeps 3 mantissa bits: rounding error <= 2^-4 of each input element;
+    # through the layer's products the output error is a small multiple of that
+    # (6e-2 failed once at 2^-4). A sanity bound: the exact check is the next one.
+    assert rel_err(out, want) < 2**-3
     x_q = ep_refs.dequantize_fp8(jnp.asarray(wq), jnp.asarray(ws))
     assert rel_err(out, reference(x_q, ids, w, params, e)) < 1e-5
 
