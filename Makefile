@@ -26,6 +26,7 @@ test: install
 
 demo: install
 	$(PY) examples/demo.py
+	$(PY) examples/moe_layer.py
 	$(PY) examples/ep_shard_map.py
 
 bench: install
