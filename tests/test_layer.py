@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import jax_moe
 from jax_moe.references.layer import moe_mlp_dense
@@ -95,3 +96,16 @@ def test_bad_weight_shapes(rng):
         jax_moe.moe_mlp(x, ids, w, wgu, wd[:, :3])
     with pytest.raises(ValueError, match="w_gate_up"):
         jax_moe.moe_mlp(x, ids, w, wgu[:, :5], wd)
+
+
+@settings(max_examples=15)
+@given(T=st.integers(1, 40), H=st.integers(1, 24), I=st.integers(1, 12), E=st.integers(1, 9),
+       K=st.integers(1, 3), bs=st.sampled_from([1, 3, 8]), seed=st.integers(0, 2**32 - 1))
+def test_hypothesis_shapes(T, H, I, E, K, bs, seed):
+    rng = np.random.default_rng(seed)
+    K = min(K, E)
+    x, ids, w, wgu, wd = case(rng, T=T, H=H, I=I, E=E, K=K)
+    with jax.default_device(CPU):
+        y = jax_moe.moe_mlp(x, ids, w, wgu, wd, block_size=bs, precision=HI)
+        ref = moe_mlp_dense(x, ids, w, wgu, wd)
+    assert rel_err(y, ref) < 1e-5 or np.linalg.norm(np.asarray(ref)) < 1e-6
