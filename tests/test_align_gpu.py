@@ -12,20 +12,12 @@ import pytest
 
 import jax_moe
 from jax_moe import _align_cuda_plan as plan
+from backends import cpu_and_cuda as both
 from reference_align import align_reference
 from test_align import random_ids
 
 pytestmark = pytest.mark.gpu
 
-
-
-def both(fn, *args):
-    cpu, gpu = jax.devices("cpu")[0], jax.devices("cuda")[0]
-    outs = []
-    for dev in (cpu, gpu):
-        placed = [jax.device_put(a, dev) for a in args]
-        outs.append([np.asarray(o) for o in jax.jit(fn)(*placed)])
-    return outs
 
 
 def assert_same(a, b, what=""):

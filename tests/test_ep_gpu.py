@@ -8,21 +8,14 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 import jax_moe
 from jax_moe import _ep_kernels as K_
+from backends import assert_same_bits, cpu_and_cuda
 
 pytestmark = pytest.mark.gpu
 
 
-def on(platform, fn, *args):
-    dev = jax.devices(platform)[0]
-    args = [jax.device_put(a, dev) for a in args]
-    return jax.tree.map(np.asarray, jax.jit(fn)(*args))
-
-
 def same_on_both(fn, *args):
-    cpu, gpu = on("cpu", fn, *args), on("cuda", fn, *args)
-    for a, b in zip(jax.tree.leaves(cpu), jax.tree.leaves(gpu)):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    cpu, gpu = cpu_and_cuda(fn, *args)
+    assert_same_bits(cpu, gpu)
     return cpu
 
 

@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 
 import jax_moe
+from backends import run_on as on
 from test_layer import HI, case, rel_err
 
 pytestmark = pytest.mark.gpu
-
-
-def on(platform, f, *args):
-    dev = jax.devices(platform)[0]
-    return jax.tree.map(np.asarray, jax.jit(f)(*[jax.device_put(a, dev) for a in args]))
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])

@@ -16,6 +16,7 @@ import pytest
 
 import jax_moe
 from jax_moe._permute_prims import permute_p, permute_plan_p, unpermute_p, wgrad_p
+from backends import bits, cpu_and_cuda as both
 
 pytestmark = pytest.mark.gpu
 
@@ -27,21 +28,6 @@ HIDDEN = [1, 4, 7, 8, 64, 130, 7168]
 
 def _devices():
     return jax.devices("cpu")[0], jax.devices("cuda")[0]
-
-
-def run_on(dev, fn, *args):
-    return jax.jit(fn)(*jax.device_put(args, dev))
-
-
-def both(fn, *args):
-    cpu, gpu = _devices()
-    return (jax.tree.map(np.asarray, run_on(cpu, fn, *args)),
-            jax.tree.map(np.asarray, run_on(gpu, fn, *args)))
-
-
-def bits(a):
-    a = np.asarray(a)
-    return a.view(np.uint16 if a.dtype.itemsize == 2 else np.uint32)
 
 
 def assert_ulp(a, b, ulps=1):

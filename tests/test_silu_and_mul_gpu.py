@@ -8,27 +8,15 @@ import numpy as np
 import pytest
 
 import jax_moe
+from backends import assert_same_bits, bits, cpu_and_cuda, run_on
 
 pytestmark = pytest.mark.gpu
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 
 
-def _bits(x):
-    x = np.asarray(x)
-    return x.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize])
-
-
-def _on(platform, f, *args):
-    dev = jax.devices(platform)[0]
-    args = [jax.device_put(a, dev) for a in args]
-    return jax.tree.map(np.asarray, jax.jit(f)(*args))
-
-
 def _same(f, *args):
-    gpu, cpu = _on("cuda", f, *args), _on("cpu", f, *args)
-    for g, c in zip(jax.tree.leaves(gpu), jax.tree.leaves(cpu)):
-        np.testing.assert_array_equal(_bits(g), _bits(c))
+    assert_same_bits(*cpu_and_cuda(f, *args))
 
 
 def _h(rng, shape, dtype):
@@ -61,11 +49,11 @@ def test_counts_match_cpu(rng, fp8, zero_fill):
     valid = np.arange(m)[None, :] < np.clip(counts, 0, m)[:, None]
     h[~valid] = np.nan  # never read
     f = lambda h, c: jax_moe.silu_and_mul(h, counts=c, fp8=fp8, zero_fill=zero_fill)
-    gpu, cpu = _on("cuda", f, h, counts), _on("cpu", f, h, counts)
+    gpu, cpu = run_on("cuda", f, h, counts), run_on("cpu", f, h, counts)
     for g, c in zip(jax.tree.leaves(gpu), jax.tree.leaves(cpu)):
-        np.testing.assert_array_equal(_bits(g)[valid], _bits(c)[valid])
+        np.testing.assert_array_equal(bits(g)[valid], bits(c)[valid])
         if zero_fill:
-            np.testing.assert_array_equal(_bits(g)[~valid], 0)
+            np.testing.assert_array_equal(bits(g)[~valid], 0)
     if not fp8:  # backward: masked rows are zero on both
         dy = _h(rng, (e, m, i), jnp.bfloat16)
         _same(lambda h, c, dy: jax.vjp(lambda h: f(h, c), h)[1](dy), h, counts, dy)
