@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the H200 session runs, in one call of the device tool:
-#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench] [racecheck]
+#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
 # (.ci/sanitize.py), and the benchmarks.
@@ -33,5 +33,8 @@ for stage in $stages; do
       timeout 60 python3 benchmarks/ep.py 2>&1 | tail -22 | tee "$OUT/ep.txt"
       timeout 90 python3 benchmarks/align.py --tokens 1 128 4096 65536 --out "$OUT" > "$OUT/align.txt" 2>&1
       grep -v "^  measured" "$OUT/align.txt" | tail -20 ;;
+    benchalign)  # the align table over every token count of the issue
+      timeout 200 python3 benchmarks/align.py --out "$OUT" > "$OUT/align.txt" 2>&1
+      grep -v "^  measured" "$OUT/align.txt" | tail -32 ;;
   esac
 done

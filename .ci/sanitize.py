@@ -7,7 +7,8 @@ import numpy as np
 import jax_moe
 
 rng = np.random.default_rng(1)
-for numel, E, bs in [(7, 8, 4), (1000, 64, 128), (8192, 256, 64), (40000, 64, 16), (20000, 6000, 8)]:
+for numel, E, bs in [(7, 8, 4), (1000, 64, 128), (8192, 256, 64), (40000, 64, 16), (20000, 6000, 8),
+                     (8, 1024, 4097), (1100000, 64, 16)]:
     ids = rng.integers(-5, E + 5, size=numel).astype(np.int32)
     ids[:3] = [np.iinfo(np.int32).min, np.iinfo(np.int32).max, -1]
     out = jax.jit(lambda x: jax_moe.moe_align_block_size(x, E, bs))(ids)

@@ -96,3 +96,24 @@ def test_cuda_seed_shape_against_reference(rng):
     ids = random_ids(rng, (4096, 2), 64)
     _, gpu = both(lambda x: jax_moe.moe_align_block_size(x, 64, 128), ids)
     assert_same(gpu, align_reference(ids, 64, 128))
+
+
+def test_cuda_chunks_of_several_tiles(rng):
+    # Past TILE * MAX_CTAS routes each CTA ranks its chunk in several staged
+    # tiles (8192 routes each), carrying expert counts from tile to tile.
+    numel = plan.TILE * plan.MAX_CTAS * 2 + 4 * 1000 + 3
+    for E, bs in [(8, 16), (256, 64), (1024, 3)]:
+        ids = random_ids(rng, (numel,), E)
+        cpu, gpu = both(lambda x: jax_moe.moe_align_block_size(x, E, bs), ids)
+        assert_same(cpu, gpu, f"numel={numel} E={E}")
+
+
+@pytest.mark.parametrize("numel,E,bs", [(8192, 64, 128), (8192, 1024, 31), (8192, 1024, 33),
+                                        (100, 1024, 256), (8, 1024, 4096), (8, 1024, 4097)])
+def test_cuda_small_path_padding_by_one_or_many_ctas(rng, numel, E, bs):
+    # One launch: CTA 0 writes the padding when P <= 32768 slots, extra CTAs
+    # beyond; both sides of that boundary, sparse and dense experts.
+    ids = random_ids(rng, (numel,), E)
+    cpu, gpu = both(lambda x: jax_moe.moe_align_block_size(x, E, bs), ids)
+    assert_same(cpu, gpu, f"numel={numel} E={E} bs={bs}")
+    assert_same(gpu, align_reference(ids, E, bs))

@@ -1,0 +1,191 @@
+// Device pieces shared by the CUDA align kernels (align.cu, align_sort.cu,
+// align_warp_rank.cu): per-problem pointers, the expert scan, the padding
+// fill, and a register-staged histogram. Internal to the CUDA module.
+#pragma once
+
+#include <cub/block/block_scan.cuh>
+
+#include "align/align_cuda.h"
+#include "align/align_plan.h"
+
+namespace jax_moe {
+namespace align_device {
+
+using namespace align_plan;
+
+struct ProblemPtrs {
+  const void* ids;
+  const int32_t* expert_map;
+  int32_t* sorted;
+  int32_t* expert_ids;
+  int32_t* post_pad;
+  int32_t* workspace;
+};
+
+// Pointers of problem blockIdx.y of a vmapped batch.
+__device__ inline ProblemPtrs PtrsOf(const AlignCudaArgs& a) {
+  const int64_t b = blockIdx.y;
+  const int64_t id_bytes = int64_t{1} << (static_cast<int>(a.id_kind) & 3);
+  ProblemPtrs q;
+  q.ids = static_cast<const char*>(a.ids) + b * a.problem.numel * id_bytes;
+  q.expert_map = a.expert_map ? a.expert_map + b * a.map_stride : nullptr;
+  q.sorted = a.sorted_token_ids + b * a.problem.padded_len;
+  q.expert_ids = a.expert_ids + b * a.problem.num_blocks;
+  q.post_pad = a.num_tokens_post_pad + b;
+  q.workspace = a.workspace + b * a.workspace_stride;
+  return q;
+}
+
+// Multi-block workspace: offsets [G, L] (histograms, then exclusive per-expert
+// CTA offsets), padded expert starts [L + 1], expert counts [L].
+struct Workspace {
+  int32_t* offsets;
+  int32_t* pstart;
+  int32_t* counts;
+};
+
+__device__ inline Workspace WorkspaceOf(int32_t* w, int64_t ctas, int32_t L) {
+  return {w, w + ctas * L, w + ctas * L + (L + 1)};
+}
+
+// Calls fn(Id{}) with the C++ type of the ids' dtype. Host side: each kernel is
+// instantiated per id type, which keeps its code small (a cold kernel's
+// instruction fetches are a visible part of a few-microsecond launch).
+template <typename Fn>
+cudaError_t WithIdType(IdKind kind, Fn&& fn) {
+  switch (kind) {
+    case IdKind::kS8: return fn(int8_t{});
+    case IdKind::kS16: return fn(int16_t{});
+    case IdKind::kS32: return fn(int32_t{});
+    case IdKind::kS64: return fn(int64_t{});
+    case IdKind::kU8: return fn(uint8_t{});
+    case IdKind::kU16: return fn(uint16_t{});
+    case IdKind::kU32: return fn(uint32_t{});
+    case IdKind::kU64: return fn(uint64_t{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Loads per thread per round: independent loads issued back to back, so a
+// round costs about one memory latency instead of kStageItems of them.
+constexpr int kStageItems = 8;
+
+// Calls visit(k, lane) for every route k in [0, n) of ids + begin, in rounds
+// of kStageItems coalesced loads per thread. Every lane of every warp makes the
+// same number of calls (lane = L past the end), so visit may use warp
+// collectives.
+template <typename Id, typename Visit>
+__device__ __forceinline__ void ForLanes(const Id* ids, int64_t begin, int64_t n,
+                                         int64_t num_experts, const int32_t* expert_map,
+                                         int32_t L, Visit&& visit) {
+  const int64_t step = blockDim.x;
+  for (int64_t k0 = 0; k0 < n; k0 += step * kStageItems) {
+    int32_t lane[kStageItems];
+#pragma unroll
+    for (int j = 0; j < kStageItems; ++j) {
+      const int64_t k = k0 + j * step + threadIdx.x;
+      lane[j] = k < n ? AlignLocalExpert(ids[begin + k], num_experts, expert_map, L) : L;
+    }
+#pragma unroll
+    for (int j = 0; j < kStageItems; ++j) visit(k0 + j * step + threadIdx.x, lane[j]);
+  }
+}
+
+// Adds the routes [begin, begin + n) to hist[L] (shared, zeroed): one atomic
+// per expert per warp step (the order of atomics cannot change a count).
+template <typename Id>
+__device__ void CountRoutes(const Id* ids, int64_t begin, int64_t n, int64_t num_experts,
+                            const int32_t* expert_map, int32_t L, int32_t* hist) {
+  ForLanes(ids, begin, n, num_experts, expert_map, L, [&](int64_t, int32_t e) {
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    if (e < L && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[e], __popc(peers));
+  });
+}
+
+// Block size as a 32-bit divisor. P < 2^31 (checked at trace time) bounds every
+// slot and count, and a block size past that only occurs with no routes.
+__device__ __forceinline__ uint32_t BlockSize32(int64_t block_size) {
+  return block_size < 0x7fffffff ? static_cast<uint32_t>(block_size) : 0x7fffffffu;
+}
+
+// Block-wide exclusive scan over experts of (count, padded count), packed in one
+// 64-bit sum (both totals < 2^31), in one pass: each thread first sums a run of
+// consecutive experts. Writes ustart (may be null) and pstart [0..L]; entry L
+// holds the totals. counts must be visible to all threads.
+template <int kT>
+__device__ void ScanExperts(const int32_t* counts, int32_t num_local, int64_t block_size,
+                            int32_t* ustart, int32_t* pstart,
+                            typename cub::BlockScan<long long, kT>::TempStorage& tmp) {
+  const uint32_t bs = BlockSize32(block_size);
+  auto pack = [bs](uint32_t c) {
+    return static_cast<long long>(c) | (static_cast<long long>((c + bs - 1) / bs * bs) << 32);
+  };
+  const int32_t per = (num_local + kT - 1) / kT;
+  const int32_t e0 = threadIdx.x * per;
+  long long sum = 0;
+  for (int32_t j = 0; j < per; ++j)
+    if (e0 + j < num_local) sum += pack(counts[e0 + j]);
+  long long run, total;
+  cub::BlockScan<long long, kT>(tmp).ExclusiveSum(sum, run, total);
+  for (int32_t j = 0; j < per; ++j) {
+    const int32_t e = e0 + j;
+    if (e >= num_local) break;
+    if (ustart) ustart[e] = static_cast<int32_t>(run & 0xffffffffll);
+    pstart[e] = static_cast<int32_t>(run >> 32);
+    run += pack(counts[e]);
+  }
+  if (threadIdx.x == 0) {
+    if (ustart) ustart[num_local] = static_cast<int32_t>(total & 0xffffffffll);
+    pstart[num_local] = static_cast<int32_t>(total >> 32);
+  }
+}
+
+// Fill worker `worker` of `workers` (CTAs of blockDim threads): the padding
+// slots after each expert's routes and the block owners, then the tail past
+// the total. Warps take 32 experts at a time and visit only the busy ones
+// (ballot): empty experts own no slot and no block, and most experts are empty
+// when there are few routes. A busy expert's slots are written by its warp with
+// coalesced stores. Route slots are the scatter's.
+__device__ inline void FillPadding(int64_t worker, int64_t workers, const int32_t* pstart,
+                                   const int32_t* counts, int32_t num_local,
+                                   const AlignProblem& p, int32_t* sorted, int32_t* expert_ids) {
+  const int32_t sentinel = static_cast<int32_t>(p.numel);
+  const uint32_t bs = BlockSize32(p.block_size);
+  const int32_t warps = blockDim.x / 32, lane = threadIdx.x & 31;
+  const int64_t total_warps = workers * warps;
+  for (int64_t e0 = (worker * warps + threadIdx.x / 32) * 32; e0 < num_local;
+       e0 += total_warps * 32) {
+    const int64_t mine = e0 + lane;
+    unsigned busy = __ballot_sync(0xffffffffu, mine < num_local && counts[mine] > 0);
+    while (busy) {
+      const int32_t e = static_cast<int32_t>(e0) + __ffs(busy) - 1;
+      busy &= busy - 1;
+      const uint32_t begin = pstart[e], end = pstart[e + 1];
+      for (uint32_t s = begin + counts[e] + lane; s < end; s += 32) sorted[s] = sentinel;
+      for (uint32_t b = begin / bs + lane; b < end / bs; b += 32) expert_ids[b] = e;
+    }
+  }
+  const uint32_t total = pstart[num_local];
+  const int64_t stride = workers * blockDim.x, first = worker * blockDim.x + threadIdx.x;
+  for (int64_t s = total + first; s < p.padded_len; s += stride) sorted[s] = sentinel;
+  for (int64_t b = total / bs + first; b < p.num_blocks; b += stride) expert_ids[b] = -1;
+}
+
+// Fill workers for P output slots (one per 8192 slots, at most 128).
+inline int64_t FillCtas(int64_t padded_len) {
+  const int64_t f = (padded_len + 8191) / 8192;
+  return f < 1 ? 1 : (f > 128 ? 128 : f);
+}
+
+constexpr size_t kDefaultSharedLimit = 48 * 1024;
+
+// Sets a kernel's dynamic shared memory limit to `bytes`. Always set: static
+// shared memory (cub temporaries) counts against the same 48 KB default.
+template <typename Kernel>
+cudaError_t AllowSharedBytes(Kernel kernel, size_t bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(bytes));
+}
+
+}  // namespace align_device
+}  // namespace jax_moe

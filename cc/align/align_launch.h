@@ -1,0 +1,26 @@
+// Launchers of the CUDA align kernels by ranking strategy; LaunchAlignCuda
+// (align.cu) picks the path. Host-callable, no kernel code.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "align/align_cuda.h"
+
+namespace jax_moe {
+
+// Warp ranking (align_warp_rank.cu), for num_local <= kWarpRankMaxExperts.
+constexpr int32_t kWarpRankMaxExperts = 1024;
+// One launch for numel <= align_plan::kSmallTile.
+cudaError_t LaunchWarpRankSmall(const AlignCudaArgs& a, cudaStream_t stream);
+// Step (3) of the multi-block path: scatter by the first `ctas` CTAs, padding
+// by the rest.
+cudaError_t LaunchWarpRankScatter(const AlignCudaArgs& a, int64_t ctas, cudaStream_t stream);
+
+// Tile radix sort ranking (align_sort.cu), any num_local.
+// One launch for numel <= kSmallTile and num_local <= kSmallMaxExperts.
+cudaError_t LaunchSortSmall(const AlignCudaArgs& a, cudaStream_t stream);
+cudaError_t LaunchSortScatter(const AlignCudaArgs& a, int64_t ctas, cudaStream_t stream);
+
+}  // namespace jax_moe

@@ -1,0 +1,263 @@
+// Warp-ranked CUDA align kernels (num_local <= kWarpRankMaxExperts): no sort.
+//
+// A tile of routes is first staged in shared memory as local-expert lanes with
+// coalesced loads, many in flight per thread (one memory latency per tile, not
+// one per step). Warps then walk contiguous ranges of the tile 32 routes a step,
+// in route order; lanes holding the same expert find each other with
+// __match_any_sync, and a route's rank inside its warp's range is what earlier
+// steps placed plus its peers in lower lanes. The rank is stored next to the
+// lane (lane | rank << 16), so after a prefix over warps per expert every route
+// is scattered independently: start + warp offset + rank. Ranges, steps and
+// lanes follow route order, so the result is stable and deterministic.
+#include <cub/block/block_scan.cuh>
+
+#include "align/align_device.cuh"
+#include "align/align_launch.h"
+
+namespace jax_moe {
+namespace {
+
+using namespace align_device;
+
+// Threads of the ranking CTAs: the multi-block scatter uses large CTAs (fewer
+// steps per warp); the single-CTA path uses 256 threads for few routes (cheaper
+// barriers and scans) and 512 otherwise (1024 would cap registers at 64 and
+// spill).
+constexpr int kRankThreads = 1024;
+constexpr int kSmallRankThreads = 512;
+constexpr int kSmallRankThreadsFew = 256;
+constexpr int64_t kFewRoutes = 1024;
+// Routes staged per tile (int32 each in shared memory).
+constexpr int64_t kRankTile = kSmallTile;
+// Per-warp counters are [W][L] int32 in shared memory; W shrinks as L grows.
+constexpr int64_t kWarpCounterWords = 16384;
+// The single-CTA kernel writes the padding itself up to this many output slots
+// (a few stores per thread); beyond, extra CTAs do it.
+constexpr int64_t kSelfFillSlots = 32768;
+
+static_assert(kRankTile < (1 << 16), "ranks are packed in 16 bits");
+static_assert(kWarpRankMaxExperts < (1 << 16), "lanes are packed in 16 bits");
+
+// Warps (of a kT-thread CTA) that walk a tile of n routes: enough for <= 4
+// steps each, within the counter budget. Host and device agree (shared-memory
+// size).
+template <int kT>
+__host__ __device__ inline int RankWarps(int64_t n, int32_t L) {
+  int64_t w = (n + 127) / 128;
+  const int64_t cap = kWarpCounterWords / (L > 0 ? L : 1);
+  if (w > cap) w = cap;
+  if (w > kT / 32) w = kT / 32;
+  return w < 1 ? 1 : static_cast<int>(w);
+}
+
+// Routes per warp range (< 2^16: tiles hold at most kRankTile routes).
+__host__ __device__ inline int32_t RoutesPerWarp(int64_t n, int warps) {
+  return static_cast<int32_t>((n + warps - 1) / warps);
+}
+
+__device__ __forceinline__ unsigned LanesBelow() {
+  unsigned m;
+  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+  return m;
+}
+
+// tile[k] = lane of route begin + k, for k < n.
+template <typename Id>
+__device__ void StageTile(const Id* ids, int64_t begin, int64_t n, int64_t num_experts,
+                          const int32_t* expert_map, int32_t L, int32_t* tile) {
+  ForLanes(ids, begin, n, num_experts, expert_map, L, [&](int64_t k, int32_t e) {
+    if (k < n) tile[k] = e;
+  });
+}
+
+// Warp w < W walks tile[w * per, (w + 1) * per): afterwards each valid route
+// holds lane | rank << 16 (rank among its expert's routes in the warp's range)
+// and whist[w][e] (zeroed before) holds the range's count of expert e.
+__device__ void WalkTile(int32_t* tile, int32_t n, int32_t per, int W, int32_t L,
+                         int32_t* whist) {
+  const int w = threadIdx.x / 32, lane_id = threadIdx.x & 31;
+  if (w >= W) return;
+  int32_t* mine = whist + w * L;
+  const int32_t lo = w * per, hi = min(lo + per, n);
+  const unsigned below = LanesBelow();
+  for (int32_t base = lo; base < hi; base += 32) {
+    const int32_t k = base + lane_id;
+    const int32_t e = k < hi ? tile[k] : L;
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    int32_t placed = 0;
+    if (e < L) {
+      placed = mine[e];
+      tile[k] = e | ((placed + __popc(peers & below)) << 16);
+    }
+    __syncwarp();  // every lane has read mine[] before the leaders advance it
+    if (e < L && lane_id == __ffs(peers) - 1) mine[e] = placed + __popc(peers);
+    __syncwarp();  // the next step's leader for e may be another lane
+  }
+}
+
+// Per expert: whist[w][e] := running[e] + counts of warps before w; running[e]
+// += the tile's count.
+__device__ void PrefixOverWarps(int32_t* whist, int W, int32_t L, int32_t* running) {
+  for (int32_t e = threadIdx.x; e < L; e += blockDim.x) {
+    int32_t run = running[e];
+    for (int w = 0; w < W; ++w) {
+      int32_t* slot = whist + static_cast<int64_t>(w) * L + e;
+      const int32_t v = *slot;
+      *slot = run;
+      run += v;
+    }
+    running[e] = run;
+  }
+}
+
+// Route begin + k goes to whist[warp][e] + rank (+ add[e] when add is given).
+__device__ void ScatterTile(const int32_t* tile, int32_t n, int32_t per, int32_t L,
+                            const int32_t* whist, const int32_t* add, int64_t begin,
+                            int32_t* sorted) {
+  for (int32_t k = threadIdx.x; k < n; k += blockDim.x) {
+    const int32_t v = tile[k];
+    const int32_t e = v & 0xffff;
+    if (e >= L) continue;
+    const int32_t w = static_cast<uint32_t>(k) / static_cast<uint32_t>(per);
+    int32_t dest = whist[w * L + e] + (v >> 16);
+    if (add) dest += add[e];
+    sorted[dest] = static_cast<int32_t>(begin + k);
+  }
+}
+
+// ---- small path: one launch -------------------------------------------------
+// CTA 0 ranks and scatters every route (and writes the padding when P is
+// small); CTAs 1.. recompute the histogram and write the padding.
+
+template <int kT>
+size_t SmallSharedBytes(int64_t numel, int32_t L) {
+  const int64_t words = 2 * (int64_t{L} + 1) + int64_t{RankWarps<kT>(numel, L)} * L +
+                        (numel > 0 ? numel : 1);
+  return static_cast<size_t>(words) * sizeof(int32_t);
+}
+
+template <typename Id, int kT>
+__global__ void __launch_bounds__(kT) AlignWarpRankSmallKernel(AlignCudaArgs a) {
+  extern __shared__ __align__(16) int32_t smem[];
+  __shared__ typename cub::BlockScan<long long, kT>::TempStorage scan_tmp;
+  const AlignProblem& p = a.problem;
+  const int32_t L = p.num_local;
+  const int32_t n = static_cast<int32_t>(p.numel);  // <= kSmallTile
+  const ProblemPtrs q = PtrsOf(a);
+  const Id* ids = static_cast<const Id*>(q.ids);
+  const int W = RankWarps<kT>(n, L);
+  const int32_t per = RoutesPerWarp(n, W);
+  int32_t* counts = smem;                               // [L + 1]
+  int32_t* pstart = counts + (L + 1);                   // [L + 1]
+  int32_t* whist = pstart + (L + 1);                    // [W, L]
+  int32_t* tile = whist + static_cast<int64_t>(W) * L;  // [n]
+
+  for (int32_t e = threadIdx.x; e <= L; e += kT) counts[e] = 0;
+  if (blockIdx.x > 0) {  // padding worker
+    __syncthreads();
+    CountRoutes(ids, 0, n, p.num_experts, q.expert_map, L, counts);
+    __syncthreads();
+    ScanExperts<kT>(counts, L, p.block_size, nullptr, pstart, scan_tmp);
+    __syncthreads();
+    FillPadding(blockIdx.x - 1, gridDim.x - 1, pstart, counts, L, p, q.sorted, q.expert_ids);
+    return;
+  }
+  for (int64_t k = threadIdx.x; k < int64_t{W} * L; k += kT) whist[k] = 0;
+  StageTile(ids, 0, n, p.num_experts, q.expert_map, L, tile);
+  __syncthreads();
+  WalkTile(tile, n, per, W, L, whist);
+  __syncthreads();
+  PrefixOverWarps(whist, W, L, counts);  // counts[e] := expert e's total
+  __syncthreads();
+  ScanExperts<kT>(counts, L, p.block_size, nullptr, pstart, scan_tmp);
+  __syncthreads();
+  if (threadIdx.x == 0) *q.post_pad = pstart[L];
+  ScatterTile(tile, n, per, L, whist, pstart, 0, q.sorted);
+  if (gridDim.x == 1) FillPadding(0, 1, pstart, counts, L, p, q.sorted, q.expert_ids);
+}
+
+// ---- multi-block step (3) ---------------------------------------------------
+// CTA g ranks its chunk tile by tile, starting each expert at its padded start
+// plus the routes of that expert in earlier CTAs (from the scan kernel).
+
+size_t ScatterSharedBytes(int64_t chunk, int32_t L) {
+  const int64_t tile = chunk < kRankTile ? (chunk > 0 ? chunk : 1) : kRankTile;
+  const int64_t words = int64_t{L} + int64_t{RankWarps<kRankThreads>(tile, L)} * L + tile;
+  return static_cast<size_t>(words) * sizeof(int32_t);
+}
+
+template <typename Id>
+__global__ void __launch_bounds__(kRankThreads)
+    AlignWarpRankScatterKernel(AlignCudaArgs a, int64_t ctas) {
+  extern __shared__ __align__(16) int32_t smem[];
+  const AlignProblem& p = a.problem;
+  const int32_t L = p.num_local;
+  const ProblemPtrs q = PtrsOf(a);
+  const Workspace ws = WorkspaceOf(q.workspace, ctas, L);
+  if (blockIdx.x >= ctas) {  // padding workers
+    FillPadding(blockIdx.x - ctas, gridDim.x - ctas, ws.pstart, ws.counts, L, p, q.sorted,
+                q.expert_ids);
+    return;
+  }
+  const int64_t chunk = CtaChunk(p.numel, ctas);
+  const int64_t begin = blockIdx.x * chunk;
+  const int64_t end = min(begin + chunk, p.numel);
+  const int64_t max_tile = chunk < kRankTile ? (chunk > 0 ? chunk : 1) : kRankTile;
+  int32_t* running = smem;                                               // [L]
+  int32_t* whist = running + L;                                          // [W, L]
+  int32_t* tile = whist + static_cast<int64_t>(RankWarps<kRankThreads>(max_tile, L)) * L;
+  const int32_t* offsets = ws.offsets + blockIdx.x * static_cast<int64_t>(L);
+  for (int32_t e = threadIdx.x; e < L; e += kRankThreads) running[e] = ws.pstart[e] + offsets[e];
+  for (int64_t t0 = begin; t0 < end; t0 += kRankTile) {
+    const int32_t n = static_cast<int32_t>(min(kRankTile, end - t0));
+    const int W = RankWarps<kRankThreads>(n, L);
+    const int32_t per = RoutesPerWarp(n, W);
+    for (int64_t k = threadIdx.x; k < int64_t{W} * L; k += kRankThreads) whist[k] = 0;
+    StageTile(static_cast<const Id*>(q.ids), t0, n, p.num_experts, q.expert_map, L, tile);
+    __syncthreads();
+    WalkTile(tile, n, per, W, L, whist);
+    __syncthreads();
+    PrefixOverWarps(whist, W, L, running);
+    __syncthreads();
+    ScatterTile(tile, n, per, L, whist, nullptr, t0, q.sorted);
+    __syncthreads();  // tile and counters are reused by the next tile
+  }
+}
+
+template <int kT>
+cudaError_t LaunchSmall(const AlignCudaArgs& a, cudaStream_t stream) {
+  const AlignProblem& p = a.problem;
+  const size_t bytes = SmallSharedBytes<kT>(p.numel, p.num_local);
+  const int64_t fill = p.padded_len > kSelfFillSlots ? FillCtas(p.padded_len) : 0;
+  const dim3 grid(static_cast<unsigned>(1 + fill), static_cast<unsigned>(a.batch));
+  return WithIdType(a.id_kind, [&](auto id) {
+    auto kernel = AlignWarpRankSmallKernel<decltype(id), kT>;
+    const cudaError_t err = AllowSharedBytes(kernel, bytes);
+    if (err != cudaSuccess) return err;
+    kernel<<<grid, kT, bytes, stream>>>(a);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace
+
+cudaError_t LaunchWarpRankSmall(const AlignCudaArgs& a, cudaStream_t stream) {
+  if (a.problem.numel <= kFewRoutes) return LaunchSmall<kSmallRankThreadsFew>(a, stream);
+  return LaunchSmall<kSmallRankThreads>(a, stream);
+}
+
+cudaError_t LaunchWarpRankScatter(const AlignCudaArgs& a, int64_t ctas, cudaStream_t stream) {
+  const AlignProblem& p = a.problem;
+  const size_t bytes = ScatterSharedBytes(CtaChunk(p.numel, ctas), p.num_local);
+  const dim3 grid(static_cast<unsigned>(ctas + FillCtas(p.padded_len)),
+                  static_cast<unsigned>(a.batch));
+  return WithIdType(a.id_kind, [&](auto id) {
+    auto kernel = AlignWarpRankScatterKernel<decltype(id)>;
+    const cudaError_t err = AllowSharedBytes(kernel, bytes);
+    if (err != cudaSuccess) return err;
+    kernel<<<grid, kRankThreads, bytes, stream>>>(a, ctas);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace jax_moe
