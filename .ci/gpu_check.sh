@@ -3,7 +3,7 @@
 #   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
-# (.ci/sanitize.py), and the benchmarks.
+# (.ci/sanitize.py), and the benchmarks (align, ep, dispatch).
 # Logs and results go under $OUT (default ./gpu_out); each stage has a time cap.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
@@ -32,6 +32,8 @@ for stage in $stages; do
     bench)
       timeout 60 python3 benchmarks/ep.py 2>&1 | tail -22 | tee "$OUT/ep.txt"
       timeout 90 python3 benchmarks/align.py --tokens 1 128 4096 65536 --out "$OUT" > "$OUT/align.txt" 2>&1
-      grep -v "^  measured" "$OUT/align.txt" | tail -20 ;;
+      grep -v "^  measured" "$OUT/align.txt" | tail -20
+      timeout 180 python3 benchmarks/dispatch.py --out "$OUT" > "$OUT/dispatch.txt" 2>&1
+      grep "^|" "$OUT/dispatch.txt" | tail -45 ;;
   esac
 done
