@@ -31,7 +31,7 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/align.py
-	$(PY) benchmarks/permute.py
+	$(PY) benchmarks/dispatch.py
 	$(PY) benchmarks/ep.py
 
 clean:

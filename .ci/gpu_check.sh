@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Everything the H200 session runs, in one call of the device tool:
-#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign] [racecheck]
+#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|benchep|benchdispatch] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
-# (.ci/sanitize.py), and the benchmarks.
+# (.ci/sanitize.py), and the benchmarks (align, ep, dispatch).
 # Logs and results go under $OUT (default ./gpu_out); each stage has a time cap.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
@@ -32,9 +32,16 @@ for stage in $stages; do
     bench)
       timeout 60 python3 benchmarks/ep.py 2>&1 | tail -22 | tee "$OUT/ep.txt"
       timeout 90 python3 benchmarks/align.py --tokens 1 128 4096 65536 --out "$OUT" > "$OUT/align.txt" 2>&1
-      grep -v "^  measured" "$OUT/align.txt" | tail -20 ;;
+      grep -v "^  measured" "$OUT/align.txt" | tail -20
+      timeout 180 python3 benchmarks/dispatch.py --out "$OUT" > "$OUT/dispatch.txt" 2>&1
+      grep "^|" "$OUT/dispatch.txt" | tail -45 ;;
     benchalign)  # the align table over every token count of the issue
       timeout 200 python3 benchmarks/align.py --out "$OUT" > "$OUT/align.txt" 2>&1
       grep -v "^  measured" "$OUT/align.txt" | tail -32 ;;
+    benchep)
+      timeout 90 python3 benchmarks/ep.py 2>&1 | tail -30 | tee "$OUT/ep.txt" ;;
+    benchdispatch)
+      timeout 180 python3 benchmarks/dispatch.py --out "$OUT" > "$OUT/dispatch.txt" 2>&1
+      grep "^|" "$OUT/dispatch.txt" | tail -45 ;;
   esac
 done

@@ -22,7 +22,7 @@ print("sanitize workload done")
 import jax.numpy as jnp  # noqa: E402
 
 for T, H, E, K, dt in [(5, 8, 4, 2, jnp.float32), (300, 256, 16, 4, jnp.bfloat16),
-                       (77, 130, 8, 2, jnp.float16)]:
+                       (77, 130, 8, 2, jnp.float16), (40, 64, 16, 11, jnp.bfloat16)]:
     ids = rng.integers(-2, E + 2, size=(T, K)).astype(np.int32)
     x = jnp.asarray(rng.normal(size=(T, H)), dt)
     w = jnp.asarray(rng.random((T, K)), jnp.float32)

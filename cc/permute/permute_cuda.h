@@ -20,10 +20,11 @@ cudaError_t LaunchPermutePlan(cudaStream_t stream, const PlanShape& s, const int
                               int32_t* group_sizes);
 
 // out[j] = scale[r] * x[r / K], r = sorted_ids[j]; a bitwise copy when scale is
-// null; zero rows for empty slots.
+// null; zero rows for empty slots. route_rows (the plan's inverse) lets each
+// token row be read once; it is checked against sorted_ids, not trusted.
 cudaError_t LaunchPermute(cudaStream_t stream, RowType type, const PermuteShape& s,
                           const void* x, const float* scale, const int32_t* sorted_ids,
-                          void* out);
+                          const int32_t* route_rows, void* out);
 
 // y[t] = sum_k w[t, k] * y_sorted[route_rows[t, k]], float32 in increasing k,
 // one thread group per token (deterministic, no atomics). w null: unit weights.

@@ -54,7 +54,8 @@ ffi::Error PermuteCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer
   if (!ToRowType(x.element_type(), &type)) return InvalidArgument("permute", "bad x dtype");
   const float* sc = weighted ? static_cast<const float*>(scale.untyped_data()) : nullptr;
   return LaunchStatus("permute", LaunchPermute(stream, type, s, x.untyped_data(), sc,
-                                               sorted_ids.typed_data(), out->untyped_data()));
+                                               sorted_ids.typed_data(), route_rows.typed_data(),
+                                               out->untyped_data()));
 }
 
 ffi::Error UnpermuteCudaImpl(cudaStream_t stream, ffi::AnyBuffer y_sorted,

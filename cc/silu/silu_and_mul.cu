@@ -2,11 +2,14 @@
 // (common/fp8.h) are the same source as the CPU kernels, so outputs match the
 // CPU backend bit for bit.
 //
-// Schedule: blockIdx.y walks problems (experts with counts), blockIdx.x and the
-// threads grid-stride over the problem's valid rows in vectors of V channels
-// (16-byte loads when I and the pointers allow). A problem's work is its count,
-// not its capacity: blocks past the count exit at once, and masked rows are only
-// touched when zero-filled.
+// Schedule: blockIdx.y walks problems (experts with counts); a block holds
+// rows_per_block groups of tpr threads, one group per row, grid-striding over
+// the problem's rows. A thread owns the vectors j = tx + m * tpr (m < kSlots)
+// of its row (V channels each, 16-byte loads when I and the pointers allow)
+// and issues every load of the step before any math: the kernels are memory-
+// bound only if enough bytes are in flight. Row and vector indices come from
+// the loop structure, never from 64-bit division. A problem's work is its
+// count, not its capacity; masked rows are only touched when zero-filled.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -18,7 +21,7 @@ namespace jax_moe {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 8192;  // per launch, spread over gridDim.y
+constexpr int64_t kMaxBlocks = 65536;  // per launch, spread over gridDim.y
 
 __device__ __forceinline__ float ToF(float v) { return v; }
 __device__ __forceinline__ float ToF(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -36,16 +39,17 @@ struct alignas(sizeof(T) * V) Vec {
   T v[V];
 };
 
-// V consecutive elements as floats: one vector load when kVec, else V scalar loads.
+// V consecutive elements, raw (widened only when used, to save registers for
+// loads in flight): one vector load when kVec, else V scalar loads.
 template <typename T, int V, bool kVec>
-__device__ __forceinline__ void LoadF(const T* src, float (&out)[V]) {
+__device__ __forceinline__ Vec<T, V> LoadRaw(const T* src) {
   if constexpr (kVec) {
-    const Vec<T, V> x = *reinterpret_cast<const Vec<T, V>*>(src);
-#pragma unroll
-    for (int k = 0; k < V; ++k) out[k] = ToF(x.v[k]);
+    return *reinterpret_cast<const Vec<T, V>*>(src);
   } else {
+    Vec<T, V> x;
 #pragma unroll
-    for (int k = 0; k < V; ++k) out[k] = ToF(src[k]);
+    for (int k = 0; k < V; ++k) x.v[k] = src[k];
+    return x;
   }
 }
 
@@ -70,115 +74,192 @@ __device__ __forceinline__ void StoreZeros(T* dst) {
   StoreF<T, V, kVec>(dst, z);
 }
 
-// Walks the valid vectors [0, n) of each problem (valid(row, j)) and, when
-// zero-filling, the masked ones [n, rows * vpr) (masked(row, j)); row is global,
-// j the vector index in the row. Lanes of a warp hold consecutive vectors.
-template <typename Valid, typename Masked>
-__device__ __forceinline__ void ForEachVector(const SiluProblem& p, int64_t vpr, bool fill,
-                                              Valid&& valid, Masked&& masked) {
-  const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+// Walks this thread's steps: for each row r of each problem (valid when r <
+// count, else masked; masked rows only when `fill`), step(row, j0, valid) with
+// row the global row and j0 = tx + s * kSlots * tpr the step's first vector.
+template <int kSlots, typename Step>
+__device__ __forceinline__ void ForEachStep(const SiluProblem& p, int64_t vpr, bool fill,
+                                            Step&& step) {
+  const int64_t tpr = blockDim.x;
+  const int64_t row_stride = static_cast<int64_t>(gridDim.x) * blockDim.y;
   for (int64_t b = blockIdx.y; b < p.problems; b += gridDim.y) {
-    const int64_t n = SiluValidRows(p.counts, b, p.rows) * vpr;
-    const int64_t first = b * p.rows;
-    for (int64_t v = start; v < n; v += stride) valid(first + v / vpr, v % vpr);
-    if (fill) {
-      const int64_t total = p.rows * vpr;
-      for (int64_t v = n + start; v < total; v += stride) masked(first + v / vpr, v % vpr);
+    const int64_t n = SiluValidRows(p.counts, b, p.rows);
+    const int64_t limit = fill ? p.rows : n;
+    for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; r < limit;
+         r += row_stride) {
+      for (int64_t j0 = threadIdx.x; j0 < vpr; j0 += kSlots * tpr) step(b * p.rows + r, j0, r < n);
     }
   }
 }
 
+// float -> e4m3 for two values at once, bytes (lo, hi). From sm_89 on, one
+// hardware conversion (round to nearest even, saturating to +-448, as
+// FloatToE4m3), with NaN re-encoded by FloatToE4m3: the hardware drops a NaN's
+// sign, the shared encoder keeps it. Before sm_89: FloatToE4m3 alone.
+__device__ __forceinline__ uint16_t E4m3Pair(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint16_t r;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
+  if (lo != lo) r = static_cast<uint16_t>((r & 0xff00u) | FloatToE4m3(lo));
+  if (hi != hi) r = static_cast<uint16_t>((r & 0x00ffu) | (FloatToE4m3(hi) << 8));
+  return r;
+#else
+  return static_cast<uint16_t>(FloatToE4m3(lo) | (FloatToE4m3(hi) << 8));
+#endif
+}
+
+constexpr int kFwdSlots = 2;  // 4 loads of 16 B in flight per thread
+constexpr int kFp8Slots = 2;
+constexpr int kBwdSlots = 2;  // 6 loads
+
 template <typename T, int V, bool kVec>
-__global__ void SiluFwdKernel(SiluProblem p, const T* __restrict__ h, T* __restrict__ y) {
+__global__ void __launch_bounds__(kThreads, 4) SiluFwdKernel(SiluProblem p, const T* __restrict__ h, T* __restrict__ y) {
   const int64_t I = p.inter;
-  ForEachVector(
-      p, I / V, p.zero_fill,
-      [&](int64_t row, int64_t j) {
-        const T* g = h + row * 2 * I + j * V;
-        float gv[V], uv[V], out[V];
-        LoadF<T, V, kVec>(g, gv);
-        LoadF<T, V, kVec>(g + I, uv);
+  const int64_t vpr = I / V;
+  const int64_t tpr = blockDim.x;
+  ForEachStep<kFwdSlots>(p, vpr, p.zero_fill, [&](int64_t row, int64_t j0, bool valid) {
+    T* out = y + row * I;
+    if (!valid) {
 #pragma unroll
-        for (int k = 0; k < V; ++k) out[k] = SiluMul(gv[k], uv[k]);
-        StoreF<T, V, kVec>(y + row * I + j * V, out);
-      },
-      [&](int64_t row, int64_t j) { StoreZeros<T, V, kVec>(y + row * I + j * V); });
+      for (int m = 0; m < kFwdSlots; ++m)
+        if (j0 + m * tpr < vpr) StoreZeros<T, V, kVec>(out + (j0 + m * tpr) * V);
+      return;
+    }
+    const T* g = h + row * 2 * I;
+    Vec<T, V> gv[kFwdSlots], uv[kFwdSlots];
+#pragma unroll
+    for (int m = 0; m < kFwdSlots; ++m) {
+      const int64_t j = j0 + m * tpr;
+      if (j < vpr) {
+        gv[m] = LoadRaw<T, V, kVec>(g + j * V);
+        uv[m] = LoadRaw<T, V, kVec>(g + I + j * V);
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < kFwdSlots; ++m) {
+      const int64_t j = j0 + m * tpr;
+      if (j >= vpr) continue;
+      float o[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) o[k] = SiluMul(ToF(gv[m].v[k]), ToF(uv[m].v[k]));
+      StoreF<T, V, kVec>(out + j * V, o);
+    }
+  });
 }
 
 // One 128-channel group = kLanes consecutive lanes of a warp (V channels each).
+// tpr is a multiple of kLanes and I of 128, so the lanes of a group share the
+// row and the slot's validity: they reach each shuffle together.
 template <typename T, int V, bool kVec>
-__global__ void SiluFp8Kernel(SiluProblem p, const T* __restrict__ h, uint8_t* __restrict__ q,
+__global__ void __launch_bounds__(kThreads, 3) SiluFp8Kernel(SiluProblem p, const T* __restrict__ h, uint8_t* __restrict__ q,
                               float* __restrict__ scales) {
   constexpr int kLanes = kFp8Group / V;
   static_assert(kLanes <= 32 && 32 % kLanes == 0, "a group must fit in a warp");
+  static_assert(V % 2 == 0, "bytes are encoded in pairs");
   const int64_t I = p.inter;
+  const int64_t vpr = I / V;
   const int64_t groups = I / kFp8Group;
-  const unsigned lane = threadIdx.x & 31u;
-  // The lanes of this group; all of them take the same branch (same row, and the
-  // valid-vector count is a multiple of kLanes).
+  const int64_t tpr = blockDim.x;
+  const unsigned lane = threadIdx.x & 31u;  // tpr >= kLanes: groups align with lanes
   const unsigned mask = kLanes == 32 ? 0xffffffffu
                                      : (((1u << kLanes) - 1u) << (lane & ~(kLanes - 1u)));
-  ForEachVector(
-      p, I / V, p.zero_fill,
-      [&](int64_t row, int64_t j) {
-        const T* g = h + row * 2 * I + j * V;
-        float gv[V], uv[V], act[V];
-        LoadF<T, V, kVec>(g, gv);
-        LoadF<T, V, kVec>(g + I, uv);
-        float amax = 0.0f;
+  ForEachStep<kFp8Slots>(p, vpr, p.zero_fill, [&](int64_t row, int64_t j0, bool valid) {
+    uint8_t* out = q + row * I;
+    if (!valid) {
 #pragma unroll
-        for (int k = 0; k < V; ++k) {
-          act[k] = SiluMul(gv[k], uv[k]);
-          amax = fmaxf(amax, fabsf(act[k]));
-        }
+      for (int m = 0; m < kFp8Slots; ++m) {
+        const int64_t j = j0 + m * tpr;
+        if (j >= vpr) continue;
 #pragma unroll
-        for (int off = kLanes / 2; off > 0; off >>= 1)
-          amax = fmaxf(amax, __shfl_xor_sync(mask, amax, off));
-        const float mult = Fp8Multiplier(amax);
-        Vec<uint8_t, V> bytes;
-#pragma unroll
-        for (int k = 0; k < V; ++k) bytes.v[k] = FloatToE4m3(act[k] * mult);
-        uint8_t* dst = q + row * I + j * V;
-        if constexpr (kVec) {
-          *reinterpret_cast<Vec<uint8_t, V>*>(dst) = bytes;
-        } else {
-#pragma unroll
-          for (int k = 0; k < V; ++k) dst[k] = bytes.v[k];
-        }
-        if (j % kLanes == 0) scales[row * groups + j / kLanes] = Fp8Scale(amax);
-      },
-      [&](int64_t row, int64_t j) {
-        uint8_t* dst = q + row * I + j * V;
-#pragma unroll
-        for (int k = 0; k < V; ++k) dst[k] = 0;
+        for (int k = 0; k < V; ++k) out[j * V + k] = 0;
         if (j % kLanes == 0) scales[row * groups + j / kLanes] = 0.0f;
-      });
+      }
+      return;
+    }
+    const T* g = h + row * 2 * I;
+    Vec<T, V> gv[kFp8Slots], uv[kFp8Slots];
+#pragma unroll
+    for (int m = 0; m < kFp8Slots; ++m) {
+      const int64_t j = j0 + m * tpr;
+      if (j < vpr) {
+        gv[m] = LoadRaw<T, V, kVec>(g + j * V);
+        uv[m] = LoadRaw<T, V, kVec>(g + I + j * V);
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < kFp8Slots; ++m) {
+      const int64_t j = j0 + m * tpr;
+      if (j >= vpr) continue;
+      float act[V];
+      float amax = 0.0f;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        act[k] = SiluMul(ToF(gv[m].v[k]), ToF(uv[m].v[k]));
+        amax = fmaxf(amax, fabsf(act[k]));
+      }
+#pragma unroll
+      for (int off = kLanes / 2; off > 0; off >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(mask, amax, off));
+      const float mult = Fp8Multiplier(amax);
+      Vec<uint16_t, V / 2> pairs;
+#pragma unroll
+      for (int k = 0; k < V; k += 2) pairs.v[k / 2] = E4m3Pair(act[k] * mult, act[k + 1] * mult);
+      uint8_t* dst = out + j * V;
+      if constexpr (kVec) {
+        *reinterpret_cast<Vec<uint16_t, V / 2>*>(dst) = pairs;
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; k += 2) {
+          dst[k] = static_cast<uint8_t>(pairs.v[k / 2] & 0xffu);
+          dst[k + 1] = static_cast<uint8_t>(pairs.v[k / 2] >> 8);
+        }
+      }
+      if (j % kLanes == 0) scales[row * groups + j / kLanes] = Fp8Scale(amax);
+    }
+  });
 }
 
 template <typename T, int V, bool kVec>
-__global__ void SiluBwdKernel(SiluProblem p, const T* __restrict__ h, const T* __restrict__ dy,
+__global__ void __launch_bounds__(kThreads, 2) SiluBwdKernel(SiluProblem p, const T* __restrict__ h, const T* __restrict__ dy,
                               T* __restrict__ dh) {
   const int64_t I = p.inter;
-  ForEachVector(
-      p, I / V, /*fill=*/true,
-      [&](int64_t row, int64_t j) {
-        const T* g = h + row * 2 * I + j * V;
-        float gv[V], uv[V], dv[V], dg[V], du[V];
-        LoadF<T, V, kVec>(g, gv);
-        LoadF<T, V, kVec>(g + I, uv);
-        LoadF<T, V, kVec>(dy + row * I + j * V, dv);
+  const int64_t vpr = I / V;
+  const int64_t tpr = blockDim.x;
+  ForEachStep<kBwdSlots>(p, vpr, /*fill=*/true, [&](int64_t row, int64_t j0, bool valid) {
+    T* out = dh + row * 2 * I;
+    if (!valid) {
 #pragma unroll
-        for (int k = 0; k < V; ++k) SiluMulGrad(gv[k], uv[k], dv[k], &dg[k], &du[k]);
-        T* out = dh + row * 2 * I + j * V;
-        StoreF<T, V, kVec>(out, dg);
-        StoreF<T, V, kVec>(out + I, du);
-      },
-      [&](int64_t row, int64_t j) {
-        T* out = dh + row * 2 * I + j * V;
-        StoreZeros<T, V, kVec>(out);
-        StoreZeros<T, V, kVec>(out + I);
-      });
+      for (int m = 0; m < kBwdSlots; ++m) {
+        const int64_t j = j0 + m * tpr;
+        if (j >= vpr) continue;
+        StoreZeros<T, V, kVec>(out + j * V);
+        StoreZeros<T, V, kVec>(out + I + j * V);
+      }
+      return;
+    }
+    const T* g = h + row * 2 * I;
+    Vec<T, V> gv[kBwdSlots], uv[kBwdSlots], dv[kBwdSlots];
+#pragma unroll
+    for (int m = 0; m < kBwdSlots; ++m) {
+      const int64_t j = j0 + m * tpr;
+      if (j < vpr) {
+        gv[m] = LoadRaw<T, V, kVec>(g + j * V);
+        uv[m] = LoadRaw<T, V, kVec>(g + I + j * V);
+        dv[m] = LoadRaw<T, V, kVec>(dy + row * I + j * V);
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < kBwdSlots; ++m) {
+      const int64_t j = j0 + m * tpr;
+      if (j >= vpr) continue;
+      float dg[V], du[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k)
+        SiluMulGrad(ToF(gv[m].v[k]), ToF(uv[m].v[k]), ToF(dv[m].v[k]), &dg[k], &du[k]);
+      StoreF<T, V, kVec>(out + j * V, dg);
+      StoreF<T, V, kVec>(out + I + j * V, du);
+    }
+  });
 }
 
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -194,12 +275,23 @@ SiluProblem Collapsed(const SiluProblem& p) {
   return c;
 }
 
-dim3 Grid(const SiluProblem& p, int64_t vpr) {
+struct Geometry {
+  dim3 grid, block;
+};
+
+// tpr: the smallest power of two >= min_tpr giving each thread at most kSlots
+// vectors of a row, capped at a block; the rest of the block takes more rows.
+template <int kSlots>
+Geometry Geo(const SiluProblem& p, int64_t vpr, int min_tpr = 1) {
+  int tpr = 1;
+  while ((static_cast<int64_t>(tpr) * kSlots < vpr || tpr < min_tpr) && tpr < kThreads) tpr <<= 1;
+  const int rpb = kThreads / tpr;
   const int64_t gy = p.problems < 65535 ? p.problems : 65535;
-  int64_t gx = (p.rows * vpr + kThreads - 1) / kThreads;
+  int64_t gx = (p.rows + rpb - 1) / rpb;
   const int64_t cap = kMaxBlocks / gy > 0 ? kMaxBlocks / gy : 1;
   if (gx > cap) gx = cap;
-  return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+  if (gx < 1) gx = 1;
+  return {dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), dim3(tpr, rpb)};
 }
 
 bool Empty(const SiluProblem& p) { return p.problems == 0 || p.rows == 0 || p.inter == 0; }
@@ -226,9 +318,11 @@ cudaError_t LaunchSiluAndMul(SiluDtype dt, const SiluProblem& p0, const void* h,
     const T* hh = static_cast<const T*>(h);
     T* yy = static_cast<T*>(y);
     if (p.inter % V == 0 && Aligned16(h) && Aligned16(y)) {
-      SiluFwdKernel<T, V, true><<<Grid(p, p.inter / V), kThreads, 0, stream>>>(p, hh, yy);
+      const Geometry g = Geo<kFwdSlots>(p, p.inter / V);
+      SiluFwdKernel<T, V, true><<<g.grid, g.block, 0, stream>>>(p, hh, yy);
     } else {
-      SiluFwdKernel<T, 1, false><<<Grid(p, p.inter), kThreads, 0, stream>>>(p, hh, yy);
+      const Geometry g = Geo<kFwdSlots>(p, p.inter);
+      SiluFwdKernel<T, 1, false><<<g.grid, g.block, 0, stream>>>(p, hh, yy);
     }
     return cudaGetLastError();
   });
@@ -242,11 +336,11 @@ cudaError_t LaunchSiluAndMulFp8(SiluDtype dt, const SiluProblem& p0, const void*
     using T = decltype(tag);
     constexpr int V = 16 / sizeof(T);  // I % 128 == 0, so I % V == 0
     const T* hh = static_cast<const T*>(h);
-    const dim3 grid = Grid(p, p.inter / V);
+    const Geometry g = Geo<kFp8Slots>(p, p.inter / V, kFp8Group / V);
     if (Aligned16(h) && Aligned16(q)) {
-      SiluFp8Kernel<T, V, true><<<grid, kThreads, 0, stream>>>(p, hh, q, scales);
+      SiluFp8Kernel<T, V, true><<<g.grid, g.block, 0, stream>>>(p, hh, q, scales);
     } else {
-      SiluFp8Kernel<T, V, false><<<grid, kThreads, 0, stream>>>(p, hh, q, scales);
+      SiluFp8Kernel<T, V, false><<<g.grid, g.block, 0, stream>>>(p, hh, q, scales);
     }
     return cudaGetLastError();
   });
@@ -263,9 +357,11 @@ cudaError_t LaunchSiluAndMulBwd(SiluDtype dt, const SiluProblem& p0, const void*
     const T* dd = static_cast<const T*>(dy);
     T* out = static_cast<T*>(dh);
     if (p.inter % V == 0 && Aligned16(h) && Aligned16(dy) && Aligned16(dh)) {
-      SiluBwdKernel<T, V, true><<<Grid(p, p.inter / V), kThreads, 0, stream>>>(p, hh, dd, out);
+      const Geometry g = Geo<kBwdSlots>(p, p.inter / V);
+      SiluBwdKernel<T, V, true><<<g.grid, g.block, 0, stream>>>(p, hh, dd, out);
     } else {
-      SiluBwdKernel<T, 1, false><<<Grid(p, p.inter), kThreads, 0, stream>>>(p, hh, dd, out);
+      const Geometry g = Geo<kBwdSlots>(p, p.inter);
+      SiluBwdKernel<T, 1, false><<<g.grid, g.block, 0, stream>>>(p, hh, dd, out);
     }
     return cudaGetLastError();
   });
