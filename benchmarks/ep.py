@@ -3,8 +3,11 @@
 One rank's work at R = 8 shapes (shared issue 4: 4096 and 128 tokens per rank,
 H 7168 bf16, E 256, top-8): layout, pack (gather / gather + FP8), route,
 unpack (expansion), and the two combine stages, each as bytes moved per second
-and as a fraction of a plain copy's bandwidth measured in the same run. The
-"received" data is this rank's own send buffer (every rank alike).
+and as a fraction of a plain copy's bandwidth measured in the same run. Bytes
+are what the kernel must read and write: rows read, rows written (zero rows of
+empty slots and of normal mode's dropless padding included, shown as the zero
+fill share), index/weight reads. The "received" data is this rank's own send
+buffer (every rank alike).
 
     python benchmarks/ep.py [--tokens 128 4096] [--reps 50]
 
@@ -63,33 +66,44 @@ def main():
         part = K_.combine_p.bind(expanded, recv_index, w)
         ones = jnp.ones(token_index.shape, jnp.float32)
 
-        valid_send = int(jnp.sum(send_rows >= 0))
-        valid_rows = int(jnp.sum(row_src >= 0))
+        valid_send = int(jnp.sum(send_rows >= 0))   # used send slots (= received rows)
+        valid_rows = int(jnp.sum(row_src >= 0))     # used expert-side rows
+        row = H * 2
+        g4 = H // 128 * 4                           # fp8 scales of one row
+        # Bytes each kernel must touch: rows read + rows written, zero rows (empty
+        # slots, padding) included since the kernels write them, plus the index
+        # and weight reads. Second number: the zero-fill part of it.
         cases = [
-            # name, op, args, bytes read + written (useful rows only)
             ("layout", lambda i: K_.layout_p.bind(i, num_experts=E, num_ranks=R), (ids,),
-             nbytes(ids, send_rows, send_local, token_index)),
-            ("pack", K_.gather_p.bind, (x, send_rows), 2 * valid_send * H * 2),
+             nbytes(ids, send_rows, send_local, token_index), 0),
+            ("pack", K_.gather_p.bind, (x, send_rows),
+             2 * valid_send * row + (m - valid_send) * row + 4 * m, (m - valid_send) * row),
             ("pack fp8", K_.pack_fp8_p.bind, (x, send_rows),
-             valid_send * (H * 2 + H + H // 128 * 4)),
+             valid_send * (row + H + g4) + (m - valid_send) * (H + g4) + 4 * m,
+             (m - valid_send) * (H + g4)),
             ("route", lambda a: K_.route_p.bind(a, num_local=EL, mode=K_.NORMAL, num_rows=n),
-             (send_local,), nbytes(send_local, recv_index, row_src)),
-            ("unpack", K_.gather_p.bind, (sent, row_src), 2 * valid_rows * H * 2),
+             (send_local,), nbytes(send_local, recv_index, row_src), 0),
+            ("unpack (expansion)", K_.gather_p.bind, (sent, row_src),
+             2 * valid_rows * row + (n - valid_rows) * row + 4 * n, (n - valid_rows) * row),
             ("combine (expert side)", K_.combine_p.bind, (expanded, recv_index, w),
-             (valid_rows + valid_send) * H * 2),
+             (valid_rows + m) * row + nbytes(recv_index, w), (m - valid_send) * row),
             ("combine (over ranks)", K_.combine_p.bind, (part, token_index, ones),
-             (valid_send + t) * H * 2),
+             (valid_send + t) * row + nbytes(token_index, ones), 0),
         ]
         chain = 3 if t > 1024 else 10  # distinct operand copies must fit the GPU
         big = jnp.asarray(rng.standard_normal((max(m, 1) * 4, H)), jnp.bfloat16)
         copy_us = per_call_us(lambda a: a * jnp.asarray(-1, a.dtype), (big,), chain)
         copy_gbs = 2 * nbytes(big) / copy_us / 1e3
-        print(f"\nT={t} tokens/rank: copy {copy_gbs:.0f} GB/s")
-        print(f"  {'kernel':24s} {'us':>9s} {'GB/s':>8s} {'of copy':>8s}")
-        for name, op, a, b in cases:
+        # Reading alone runs faster than a copy's read+write mix on HBM: read-heavy
+        # kernels (the sum over ranks reads ~5 rows per row written) can pass 100%.
+        read_us = per_call_us(lambda a: jnp.max(a, axis=1), (big,), chain)
+        read_gbs = nbytes(big) / read_us / 1e3
+        print(f"\nT={t} tokens/rank: copy {copy_gbs:.0f} GB/s, read-only {read_gbs:.0f} GB/s")
+        print(f"  {'kernel':24s} {'us':>9s} {'GB/s':>8s} {'of copy':>8s} {'zero fill':>10s}")
+        for name, op, a, b, zeros in cases:
             us = per_call_us(op, a, chain)
             gbs = b / us / 1e3
-            print(f"  {name:24s} {us:9.1f} {gbs:8.0f} {gbs / copy_gbs:8.0%}")
+            print(f"  {name:24s} {us:9.1f} {gbs:8.0f} {gbs / copy_gbs:8.0%} {zeros / b:10.0%}")
 
 
 if __name__ == "__main__":

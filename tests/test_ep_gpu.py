@@ -25,7 +25,8 @@ def routes(rng, t, e, k, drop=0.2):
     return ids
 
 
-@pytest.mark.parametrize("t,e,r,k", [(1, 8, 8, 2), (300, 16, 4, 4), (4096, 256, 8, 8)])
+@pytest.mark.parametrize("t,e,r,k", [(1, 8, 8, 2), (300, 16, 4, 4), (4096, 256, 8, 8),
+                                     (9000, 64, 16, 3)])  # several 4096-token tiles
 def test_layout_matches_cpu(rng, t, e, r, k):
     ids = routes(rng, t, e, k)
     ids[0, 0] = e + 5  # out of range: dropped, never read out of bounds
@@ -53,21 +54,46 @@ def test_gather_matches_cpu(rng, dtype, h):
     np.testing.assert_array_equal(out[ok].view(np.uint8), np.asarray(x)[rows[ok]].view(np.uint8))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16, jnp.float16])
-def test_pack_fp8_matches_cpu(rng, dtype):
-    x = rng.standard_normal((40, 512)) * rng.uniform(1e-6, 1e3, (40, 1))
+@pytest.mark.parametrize("dtype,h", [(np.float32, 512), (jnp.bfloat16, 512), (jnp.float16, 512),
+                                     (jnp.bfloat16, 7168), (np.float32, 128)])  # half a warp
+def test_pack_fp8_matches_cpu(rng, dtype, h):
+    x = rng.standard_normal((40, h)) * rng.uniform(1e-6, 1e3, (40, 1))
     x[3, :128] = 0.0  # amax floor
     x = jnp.asarray(x, dtype)
     rows = rng.integers(-1, 40, 64).astype(np.int32)
     same_on_both(lambda a, r: K_.pack_fp8_p.bind(a, r), x, rows)
 
 
+def test_pack_fp8_rounding_edges_match_cpu():
+    # Group amax 448 makes the multiplier exactly 1, so the other channels hit the
+    # encoder as they are: every e4m3 magnitude, the midpoints between neighbours
+    # (ties to even) and the floats just around them, normal and subnormal.
+    mags = np.unique(np.abs(np.arange(256, dtype=np.uint8).view(jnp.float8_e4m3fn)
+                            .astype(np.float32)))
+    mags = mags[np.isfinite(mags)]
+    mids = (mags[:-1] + mags[1:]) / 2
+    vals = np.concatenate([mags, mids, np.nextafter(mids, 0), np.nextafter(mids, 1000),
+                           [2.0**-10, 2.0**-11, 1e-30, 1e-42]]).astype(np.float32)
+    vals = np.concatenate([vals, -vals])
+    vals = vals[np.abs(vals) <= 448]
+    rows = -(-len(vals) // 127)
+    x = np.zeros((rows, 128), np.float32)
+    x[:, 0] = 448.0
+    x[:, 1:].flat[:len(vals)] = vals
+    q, s = same_on_both(lambda a, r: K_.pack_fp8_p.bind(a, r), x,
+                        np.arange(rows, dtype=np.int32))
+    np.testing.assert_array_equal(np.asarray(s), np.float32(1.0))
+    np.testing.assert_array_equal(np.asarray(q).view(np.uint8),
+                                  x.astype(jnp.float8_e4m3fn).view(np.uint8))
+
+
 @pytest.mark.parametrize("dtype,h", [(np.float32, 256), (jnp.bfloat16, 7168), (jnp.float16, 24),
-                                     (jnp.bfloat16, 13)])
-def test_combine_matches_cpu(rng, dtype, h):
+                                     (jnp.bfloat16, 13), (np.float32, 7168)])
+@pytest.mark.parametrize("j", [8, 300])  # 300: several staging rounds of 256 entries
+def test_combine_matches_cpu(rng, dtype, h, j):
     y = jnp.asarray(rng.standard_normal((300, h)), dtype)
-    index = rng.integers(-1, 310, (120, 8)).astype(np.int32)
-    w = rng.random((120, 8)).astype(np.float32)
+    index = rng.integers(-1, 310, (120, j)).astype(np.int32)
+    w = rng.random((120, j)).astype(np.float32)
     same_on_both(lambda a, i, b: K_.combine_p.bind(a, i, b), y, index, w)
 
 

@@ -2,6 +2,7 @@
 // Blocks are (local expert e, chunk c of received rows) pairs, three passes:
 //   count:  rows of chunk c naming e                      -> hist[e][c]
 //   scan:   per expert, exclusive scan over chunks         -> hist[e][c] = offset, counts[e]
+//           (skipped when there is one chunk: count writes offset 0 and counts[e])
 //   place:  block-wide scan inside the chunk, + offset + start of e (sum of the
 //           counts before e, or e*M in low_latency mode)  -> recv_index, row_src
 // Deterministic (no atomics), identical to the CPU's sequential placement.
@@ -19,16 +20,19 @@ constexpr int kThreads = 256;
 using ep_route_plan::kChunkRows;
 
 // Route k of row m owns the row's copy for expert e: it names e and no earlier
-// route of the row does. Returns that k, or -1.
+// route of the row does. Returns that k, or -1. Scans backwards without an early
+// exit so the K loads are independent and issue together (latency-bound kernel).
 __device__ __forceinline__ int64_t FirstRouteOf(const int32_t* __restrict__ recv_local,
                                                 int64_t m, int64_t K, int32_t e) {
-  for (int64_t k = 0; k < K; ++k)
-    if (recv_local[m * K + k] == e) return k;
-  return -1;
+  int64_t first = -1;
+  for (int64_t k = K - 1; k >= 0; --k)
+    if (recv_local[m * K + k] == e) first = k;
+  return first;
 }
 
 __global__ void EpRouteCountKernel(const int32_t* __restrict__ recv_local, int64_t M, int64_t K,
-                                   int64_t chunks, int32_t* __restrict__ hist) {
+                                   int64_t chunks, int32_t* __restrict__ hist,
+                                   int32_t* __restrict__ counts) {
   using Reduce = cub::BlockReduce<int, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
   const int32_t e = blockIdx.y;
@@ -38,7 +42,14 @@ __global__ void EpRouteCountKernel(const int32_t* __restrict__ recv_local, int64
   for (int64_t m = c * kChunkRows + threadIdx.x; m < end; m += kThreads)
     mine += FirstRouteOf(recv_local, m, K, e) >= 0;
   const int total = Reduce(tmp).Sum(mine);
-  if (threadIdx.x == 0) hist[e * chunks + c] = total;
+  if (threadIdx.x == 0) {
+    if (chunks == 1) {  // the scan would be trivial: done here, one launch less
+      hist[e] = 0;
+      counts[e] = total;
+    } else {
+      hist[e * chunks + c] = total;
+    }
+  }
 }
 
 __global__ void EpRouteScanKernel(int64_t chunks, int32_t* __restrict__ hist,
@@ -134,11 +145,14 @@ cudaError_t LaunchEpRoute(const int32_t* recv_local, int64_t M, int64_t K, int64
   if (err != cudaSuccess) return err;
   const int64_t chunks = ep_route_plan::NumChunks(M);
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(El));
-  EpRouteCountKernel<<<grid, kThreads, 0, stream>>>(recv_local, M, K, chunks, workspace);
+  EpRouteCountKernel<<<grid, kThreads, 0, stream>>>(recv_local, M, K, chunks, workspace,
+                                                    counts);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  EpRouteScanKernel<<<static_cast<unsigned>(El), kThreads, 0, stream>>>(chunks, workspace,
-                                                                        counts);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if (chunks > 1) {
+    EpRouteScanKernel<<<static_cast<unsigned>(El), kThreads, 0, stream>>>(chunks, workspace,
+                                                                          counts);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
   EpRoutePlaceKernel<<<grid, kThreads, 0, stream>>>(recv_local, M, K, El, mode, N, chunks,
                                                     workspace, counts, recv_index, row_src,
                                                     group_sizes, dropped);

@@ -1,39 +1,53 @@
-// Row movement of the EP dispatch/combine on CUDA (contracts: ep_cpu.h): gather,
-// gather + FP8 cast, weighted gather-sum. Rows move in 16-byte vectors when
-// their size and addresses allow; float math avoids FMA contraction (explicit
-// __fmul_rn/__fadd_rn) so results equal the CPU kernels bit for bit.
+// Row movement of the EP dispatch/combine on CUDA (contracts: ep_cpu.h): gather
+// and weighted gather-sum (the FP8 pack is in ep_pack_fp8.cu). Both are
+// bandwidth-bound: rows move in 16-byte vectors when sizes and addresses allow,
+// and every thread issues several loads before it uses any (bytes in flight).
+// Float math avoids FMA contraction (explicit __fmul_rn/__fadd_rn) and sums in
+// the CPU's order, so results equal the CPU kernels bit for bit.
 #include <cstdint>
 
-#include "common/fp8.h"
 #include "ep/ep_cuda.h"
 #include "ep/ep_float.h"
+#include "ep/ep_vec.cuh"
 
 namespace jax_moe {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 65535;
+using ep_vec::AlignedTo;
+using ep_vec::Blocks;
+using ep_vec::Pack;
 
-unsigned Blocks(int64_t rows) {
-  return static_cast<unsigned>(rows < 1 ? 1 : (rows < kMaxBlocks ? rows : kMaxBlocks));
-}
+// --- gather: out[n] = in[rows[n]] or zeros ------------------------------------------
 
-bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+constexpr int kGatherThreads = 256;
+constexpr int kGatherUnroll = 4;  // words per thread in flight (a 14 KB row in one pass)
 
-// --- gather: out[n] = in[rows[n]] or zeros; W = bytes per vector ---------------
-
+// One block per output row (grid-stride). Most rows of normal mode's dropless
+// buffer are padding: those take a memset-like pass of plain stores.
 template <typename Word>
-__global__ void EpGatherKernel(const Word* __restrict__ in, int64_t num_in, int64_t row_words,
-                               const int32_t* __restrict__ rows, int64_t num_out,
-                               Word* __restrict__ out) {
+__global__ void __launch_bounds__(kGatherThreads)
+    EpGatherKernel(const Word* __restrict__ in, int64_t num_in, int64_t row_words,
+                   const int32_t* __restrict__ rows, int64_t num_out, Word* __restrict__ out) {
   for (int64_t n = blockIdx.x; n < num_out; n += gridDim.x) {
     const int32_t r = rows[n];
     Word* dst = out + n * row_words;
-    if (r >= 0 && r < num_in) {
-      const Word* src = in + static_cast<int64_t>(r) * row_words;
-      for (int64_t c = threadIdx.x; c < row_words; c += blockDim.x) dst[c] = src[c];
-    } else {
-      for (int64_t c = threadIdx.x; c < row_words; c += blockDim.x) dst[c] = Word{};
+    if (r < 0 || r >= num_in) {
+      for (int64_t c = threadIdx.x; c < row_words; c += kGatherThreads) dst[c] = Word{};
+      continue;
+    }
+    const Word* src = in + static_cast<int64_t>(r) * row_words;
+    for (int64_t base = threadIdx.x; base < row_words; base += kGatherThreads * kGatherUnroll) {
+      Word w[kGatherUnroll];
+#pragma unroll
+      for (int u = 0; u < kGatherUnroll; ++u) {
+        const int64_t c = base + u * kGatherThreads;
+        if (c < row_words) w[u] = src[c];
+      }
+#pragma unroll
+      for (int u = 0; u < kGatherUnroll; ++u) {
+        const int64_t c = base + u * kGatherThreads;
+        if (c < row_words) dst[c] = w[u];
+      }
     }
   }
 }
@@ -41,86 +55,126 @@ __global__ void EpGatherKernel(const Word* __restrict__ in, int64_t num_in, int6
 template <typename Word>
 cudaError_t GatherAs(const void* in, int64_t num_in, int64_t row_bytes, const int32_t* rows,
                      int64_t num_out, void* out, cudaStream_t stream) {
-  EpGatherKernel<Word><<<Blocks(num_out), kThreads, 0, stream>>>(
+  EpGatherKernel<Word><<<Blocks(num_out), kGatherThreads, 0, stream>>>(
       static_cast<const Word*>(in), num_in, row_bytes / static_cast<int64_t>(sizeof(Word)),
       rows, num_out, static_cast<Word*>(out));
   return cudaGetLastError();
 }
 
-// --- FP8 pack: one warp per (row, 128-channel group), 4 channels per lane -------
+// --- combine: out[m] = sum_j w * y[index] in float32, j ascending -----------------------
+//
+// Blocks are (output row, column slice) items, so few output rows (the sum over
+// ranks at small T) still fill the GPU. A block first stages the row's valid
+// (index, weight) entries in shared memory, in j order; each thread then owns
+// kCombineCols vectors of the slice and sums the entries kCombineBatch at a
+// time: all loads of a batch are issued before its adds, which run in j order.
 
-template <typename T>
-__global__ void EpPackFp8Kernel(const T* __restrict__ x, int64_t num_in, int64_t H,
-                                const int32_t* __restrict__ rows, int64_t num_out,
-                                uint8_t* __restrict__ q, float* __restrict__ scales) {
-  const int64_t G = H / kFp8Group;
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-       item < num_out * G; item += warps) {
-    const int64_t n = item / G, g = item % G;
-    const int32_t r = rows[n];
-    uint8_t* qdst = q + n * H + g * kFp8Group + lane * 4;
-    if (r < 0 || r >= num_in) {
-      *reinterpret_cast<uint32_t*>(qdst) = 0u;
-      if (lane == 0) scales[n * G + g] = 0.0f;
-      continue;
+constexpr int kCombineThreads = 128;
+constexpr int kCombineCols = 2;     // vectors per thread
+constexpr int kCombineBatch = 4;    // summed rows whose loads are in flight together
+constexpr int kCombineStage = 256;  // entries staged per round (any J works, in rounds)
+
+// Warp 0 copies the valid entries of index[j0, j0 + kCombineStage) (and their
+// weights) to shared memory, keeping their order; returns the count to lane 0.
+__device__ int StageEntries(const int32_t* __restrict__ index, const float* __restrict__ w,
+                            int64_t N, int64_t j0, int64_t J, int32_t* s_row, float* s_w) {
+  const int lane = threadIdx.x;  // caller: warp 0 only
+  int count = 0;
+  for (int jj = 0; jj < kCombineStage && j0 + jj < J; jj += 32) {
+    const int64_t j = j0 + jj + lane;
+    const int32_t n = j < J ? index[j] : -1;
+    const bool ok = n >= 0 && n < N;
+    const unsigned mask = __ballot_sync(0xffffffffu, ok);
+    if (ok) {
+      const int pos = count + __popc(mask & ((1u << lane) - 1u));
+      s_row[pos] = n;
+      s_w[pos] = w[j];
     }
-    const T* src = x + static_cast<int64_t>(r) * H + g * kFp8Group + lane * 4;
-    float v[4];
-    float amax = 0.0f;
-    for (int i = 0; i < 4; ++i) {
-      v[i] = ToFloat(src[i]);
-      amax = fmaxf(amax, fabsf(v[i]));
-    }
-    for (int off = 16; off > 0; off >>= 1)
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    const float mul = Fp8Multiplier(amax);
-    uint32_t packed = 0;
-    for (int i = 0; i < 4; ++i)
-      packed |= static_cast<uint32_t>(FloatToE4m3(__fmul_rn(v[i], mul))) << (8 * i);
-    *reinterpret_cast<uint32_t*>(qdst) = packed;
-    if (lane == 0) scales[n * G + g] = Fp8Scale(amax);
+    count += __popc(mask);
   }
+  return count;
 }
 
-// --- combine: out[m] = sum_j w * y[index] in float32, j ascending -----------------
-
 template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
-template <typename T, int V>
-__global__ void EpCombineKernel(const T* __restrict__ y, int64_t N, int64_t H,
-                                const int32_t* __restrict__ index, const float* __restrict__ w,
-                                int64_t M, int64_t J, T* __restrict__ out) {
+__global__ void __launch_bounds__(kCombineThreads)
+    EpCombineKernel(const T* __restrict__ y, int64_t N, int64_t H,
+                    const int32_t* __restrict__ index, const float* __restrict__ w, int64_t M,
+                    int64_t J, int64_t slices, int64_t slice_vecs, T* __restrict__ out) {
+  __shared__ int32_t s_row[kCombineStage];
+  __shared__ float s_w[kCombineStage];
+  __shared__ int s_count;
+  using Vec = Pack<T, V>;
   const int64_t vecs = H / V;
-  for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
-    for (int64_t c = threadIdx.x; c < vecs; c += blockDim.x) {
-      float acc[V];
-      for (int i = 0; i < V; ++i) acc[i] = 0.0f;
-      for (int64_t j = 0; j < J; ++j) {
-        const int32_t n = index[m * J + j];
-        if (n < 0 || n >= N) continue;
-        const float wj = w[m * J + j];
-        const Pack<T, V> p = reinterpret_cast<const Pack<T, V>*>(y + static_cast<int64_t>(n) * H)[c];
-        for (int i = 0; i < V; ++i) acc[i] = __fadd_rn(acc[i], __fmul_rn(wj, ToFloat(p.v[i])));
+  for (int64_t item = blockIdx.x; item < M * slices; item += gridDim.x) {
+    const int64_t m = item / slices;
+    const int64_t start = (item % slices) * slice_vecs;
+    const int64_t end = start + slice_vecs < vecs ? start + slice_vecs : vecs;
+    int64_t col[kCombineCols];
+    bool has[kCombineCols];
+#pragma unroll
+    for (int u = 0; u < kCombineCols; ++u) {
+      col[u] = start + threadIdx.x + u * kCombineThreads;
+      has[u] = col[u] < end;
+    }
+    float acc[kCombineCols][V];
+#pragma unroll
+    for (int u = 0; u < kCombineCols; ++u)
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[u][i] = 0.0f;
+
+    for (int64_t j0 = 0; j0 < J; j0 += kCombineStage) {
+      __syncthreads();  // the previous round's (or item's) readers are done
+      if (threadIdx.x < 32) {
+        const int count = StageEntries(index + m * J, w + m * J, N, j0, J, s_row, s_w);
+        if (threadIdx.x == 0) s_count = count;
       }
-      Pack<T, V> o;
-      for (int i = 0; i < V; ++i) o.v[i] = FromFloat<T>::Convert(acc[i]);
-      reinterpret_cast<Pack<T, V>*>(out + m * H)[c] = o;
+      __syncthreads();
+      const int count = s_count;
+      for (int b0 = 0; b0 < count; b0 += kCombineBatch) {
+        Vec p[kCombineBatch][kCombineCols];
+#pragma unroll
+        for (int b = 0; b < kCombineBatch; ++b) {
+          if (b0 + b >= count) break;
+          const Vec* row = reinterpret_cast<const Vec*>(y + static_cast<int64_t>(s_row[b0 + b]) * H);
+#pragma unroll
+          for (int u = 0; u < kCombineCols; ++u)
+            if (has[u]) p[b][u] = row[col[u]];
+        }
+#pragma unroll
+        for (int b = 0; b < kCombineBatch; ++b) {
+          if (b0 + b >= count) break;
+          const float wj = s_w[b0 + b];
+#pragma unroll
+          for (int u = 0; u < kCombineCols; ++u) {
+            if (!has[u]) continue;
+#pragma unroll
+            for (int i = 0; i < V; ++i)
+              acc[u][i] = __fadd_rn(acc[u][i], __fmul_rn(wj, ToFloat(p[b][u].v[i])));
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kCombineCols; ++u) {
+      if (!has[u]) continue;
+      Vec o;
+#pragma unroll
+      for (int i = 0; i < V; ++i) o.v[i] = FromFloat<T>::Convert(acc[u][i]);
+      reinterpret_cast<Vec*>(out + m * H)[col[u]] = o;
     }
   }
 }
 
-template <typename T>
-cudaError_t PackFp8As(const void* x, int64_t num_in, int64_t H, const int32_t* rows,
-                      int64_t num_out, uint8_t* q, float* scales, cudaStream_t stream) {
-  const int64_t items = num_out * (H / kFp8Group);
-  const int64_t blocks = (items + kThreads / 32 - 1) / (kThreads / 32);
-  EpPackFp8Kernel<T><<<Blocks(blocks), kThreads, 0, stream>>>(
-      static_cast<const T*>(x), num_in, H, rows, num_out, q, scales);
+template <typename T, int V>
+cudaError_t CombineWith(const T* y, int64_t N, int64_t H, const int32_t* index, const float* w,
+                        int64_t M, int64_t J, T* out, cudaStream_t stream) {
+  // Slices as even as possible, each at most one pass of the block.
+  const int64_t vecs = H / V;
+  constexpr int64_t kPass = kCombineThreads * kCombineCols;
+  const int64_t slices = (vecs + kPass - 1) / kPass;
+  const int64_t slice_vecs = (vecs + slices - 1) / slices;
+  EpCombineKernel<T, V><<<Blocks(M * slices), kCombineThreads, 0, stream>>>(
+      y, N, H, index, w, M, J, slices, slice_vecs, out);
   return cudaGetLastError();
 }
 
@@ -130,12 +184,9 @@ cudaError_t CombineAs(const void* y, int64_t N, int64_t H, const int32_t* index,
   constexpr int kVec = 16 / sizeof(T);
   const T* yt = static_cast<const T*>(y);
   T* ot = static_cast<T*>(out);
-  if (H % kVec == 0 && Aligned16(y) && Aligned16(out)) {
-    EpCombineKernel<T, kVec><<<Blocks(M), kThreads, 0, stream>>>(yt, N, H, index, w, M, J, ot);
-  } else {
-    EpCombineKernel<T, 1><<<Blocks(M), kThreads, 0, stream>>>(yt, N, H, index, w, M, J, ot);
-  }
-  return cudaGetLastError();
+  if (H % kVec == 0 && AlignedTo(y, 16) && AlignedTo(out, 16))
+    return CombineWith<T, kVec>(yt, N, H, index, w, M, J, ot, stream);
+  return CombineWith<T, 1>(yt, N, H, index, w, M, J, ot, stream);
 }
 
 }  // namespace
@@ -143,24 +194,11 @@ cudaError_t CombineAs(const void* y, int64_t N, int64_t H, const int32_t* index,
 cudaError_t LaunchEpGather(const void* in, int64_t num_in, int64_t row_bytes,
                            const int32_t* rows, int64_t num_out, void* out, cudaStream_t stream) {
   if (num_out <= 0 || row_bytes <= 0) return cudaSuccess;
-  if (row_bytes % 16 == 0 && Aligned16(in) && Aligned16(out))
+  if (row_bytes % 16 == 0 && AlignedTo(in, 16) && AlignedTo(out, 16))
     return GatherAs<uint4>(in, num_in, row_bytes, rows, num_out, out, stream);
-  if (row_bytes % 4 == 0 && (reinterpret_cast<uintptr_t>(in) & 3u) == 0 &&
-      (reinterpret_cast<uintptr_t>(out) & 3u) == 0)
+  if (row_bytes % 4 == 0 && AlignedTo(in, 4) && AlignedTo(out, 4))
     return GatherAs<uint32_t>(in, num_in, row_bytes, rows, num_out, out, stream);
   return GatherAs<uint8_t>(in, num_in, row_bytes, rows, num_out, out, stream);
-}
-
-cudaError_t LaunchEpPackFp8(EpRowType type, const void* x, int64_t num_in, int64_t H,
-                            const int32_t* rows, int64_t num_out, uint8_t* q, float* scales,
-                            cudaStream_t stream) {
-  if (num_out <= 0 || H <= 0) return cudaSuccess;
-  switch (type) {
-    case EpRowType::kF32: return PackFp8As<float>(x, num_in, H, rows, num_out, q, scales, stream);
-    case EpRowType::kBf16: return PackFp8As<Bf16>(x, num_in, H, rows, num_out, q, scales, stream);
-    case EpRowType::kF16: return PackFp8As<F16>(x, num_in, H, rows, num_out, q, scales, stream);
-  }
-  return cudaErrorInvalidValue;
 }
 
 cudaError_t LaunchEpCombine(EpRowType type, const void* y, int64_t N, int64_t H,
