@@ -44,7 +44,8 @@ def bench_one(tokens, E, K, bs, device, rng):
     ours = lambda ids: jax_moe.moe_align_block_size(ids, E, bs)
     row = {"tokens": tokens, "topk": K, "experts": E, "block": bs}
     m = measure(ours, make, device=device)
-    row.update(ours_us=m["us"], ours_span_us=m["span_us"], ours_kernels=m["kernels"])
+    row.update(ours_us=m["us"], ours_span_us=m["span_us"], ours_kernels=m["kernels"],
+               ours_by_kernel_us=m["by_kernel_us"])
     m = measure(lambda ids: align_argsort(ids, E, bs), make, device=device)
     row.update(argsort_us=m["us"], argsort_span_us=m["span_us"])
     row["onehot_us"] = row["onehot_span_us"] = None
@@ -117,6 +118,8 @@ def main(argv=None):
             r = rows[-1]
             print(f"  measured tokens={t} E={E}: ours {r['ours_us']:.2f} us, best pure JAX "
                   f"{r['best_jax_us']:.1f} us", flush=True)
+            if r["ours_by_kernel_us"]:
+                print("    " + ", ".join(f"{k} {v:.2f}" for k, v in r["ours_by_kernel_us"].items()))
     meta = {"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
             "jaxlib": jaxlib.__version__,
             "python": platform.python_version(), "command": " ".join(sys.argv)}

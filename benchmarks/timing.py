@@ -61,7 +61,8 @@ def _split_runs(events, runs):
 
 
 def gpu_per_call(fn, make_inputs, *, n=20, runs=5, device=None):
-    """{'busy_s', 'span_s', 'kernels'} per call of fn on a GPU device."""
+    """{'busy_s', 'span_s', 'kernels', 'by_kernel'} per call of fn on a GPU device
+    (by_kernel: busy seconds per call of each kernel name, short names)."""
     device = device or jax.devices()[0]
     args = _inputs(make_inputs, n, device)
     f = _chain(fn, n)
@@ -77,8 +78,12 @@ def gpu_per_call(fn, make_inputs, *, n=20, runs=5, device=None):
         raise RuntimeError("no GPU kernel events in the profile")
     busy = sum(b - a for a, b, _ in events) / (runs * n) * 1e-9
     spans = [(g[-1][1] - g[0][0]) / n * 1e-9 for g in _split_runs(events, runs) if g]
+    by_kernel = {}
+    for a, b, name in events:
+        short = name.split("(")[0].split("<")[0].split("::")[-1][:40]
+        by_kernel[short] = by_kernel.get(short, 0.0) + (b - a) / (runs * n) * 1e-9
     return {"busy_s": busy, "span_s": statistics.median(spans),
-            "kernels": len(events) / (runs * n)}
+            "kernels": len(events) / (runs * n), "by_kernel": by_kernel}
 
 
 def wall_per_call(fn, make_inputs, *, short=4, long=24, repeats=9, device=None):
@@ -105,9 +110,10 @@ def measure(fn, make_inputs, *, device=None, n=20):
     device = device or jax.devices()[0]
     if device.platform in ("gpu", "cuda"):
         r = gpu_per_call(fn, make_inputs, device=device, n=n)
-        return {"us": r["busy_s"] * 1e6, "span_us": r["span_s"] * 1e6, "kernels": r["kernels"]}
+        return {"us": r["busy_s"] * 1e6, "span_us": r["span_s"] * 1e6, "kernels": r["kernels"],
+                "by_kernel_us": {k: v * 1e6 for k, v in r["by_kernel"].items()}}
     return {"us": wall_per_call(fn, make_inputs, device=device) * 1e6, "span_us": None,
-            "kernels": None}
+            "kernels": None, "by_kernel_us": None}
 
 
 def per_call_seconds(fn, make_inputs, *, device=None):

@@ -108,11 +108,14 @@ def test_cuda_chunks_of_several_tiles(rng):
         assert_same(cpu, gpu, f"numel={numel} E={E}")
 
 
-@pytest.mark.parametrize("numel,E,bs", [(8192, 64, 128), (8192, 1024, 31), (8192, 1024, 33),
-                                        (100, 1024, 256), (8, 1024, 4096), (8, 1024, 4097)])
-def test_cuda_small_path_padding_by_one_or_many_ctas(rng, numel, E, bs):
-    # One launch: CTA 0 writes the padding when P <= 32768 slots, extra CTAs
-    # beyond; both sides of that boundary, sparse and dense experts.
+@pytest.mark.parametrize("numel,E,bs", [(8192, 64, 128), (8192, 1024, 4), (8192, 1024, 25),
+                                        (8192, 1024, 26), (100, 1024, 256), (8, 1024, 4097),
+                                        (8192, 4000, 3)])
+def test_cuda_small_path_variants(rng, numel, E, bs):
+    # One launch for <= 8192 routes: the output staged in shared memory when it
+    # fits (P + P/bs words beside the tile and counters), else scattered
+    # directly with padding by CTA 0 (P <= 32768) or by extra CTAs; the sort
+    # ranking past 1024 experts. Both sides of each boundary.
     ids = random_ids(rng, (numel,), E)
     cpu, gpu = both(lambda x: jax_moe.moe_align_block_size(x, E, bs), ids)
     assert_same(cpu, gpu, f"numel={numel} E={E} bs={bs}")
