@@ -26,9 +26,9 @@ for stage in $stages; do
     sortab)  # the align GPU tests again with the sort ranking forced
       (cd tests && JAX_MOE_ALIGN_RANKING=sort timeout 60 python3 -m pytest -q -p no:cacheprovider test_align_gpu.py 2>&1 | tail -3) ;;
     memcheck)
-      timeout 70 compute-sanitizer --tool memcheck --print-limit 5 python3 .ci/sanitize.py 2>&1 | tail -6 ;;
+      timeout 70 compute-sanitizer --tool memcheck --print-limit 5 python3 .ci/sanitize.py ${SANITIZE_PARTS:-} 2>&1 | tail -6 ;;
     racecheck)
-      timeout 50 compute-sanitizer --tool racecheck --print-limit 5 python3 .ci/sanitize.py 2>&1 | tail -2 ;;
+      timeout 50 compute-sanitizer --tool racecheck --print-limit 5 python3 .ci/sanitize.py ${SANITIZE_PARTS:-} 2>&1 | tail -2 ;;
     bench)
       timeout 60 python3 benchmarks/ep.py 2>&1 | tail -22 | tee "$OUT/ep.txt"
       timeout 90 python3 benchmarks/align.py --tokens 1 128 4096 65536 --out "$OUT" > "$OUT/align.txt" 2>&1

@@ -60,6 +60,13 @@ def _split_runs(events, runs):
     return [events[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
+def _short_kernel_name(name):
+    """'void ns::(anonymous namespace)::Kernel<int, 512>(Args)' -> 'Kernel<int, 512>'."""
+    name = name.replace("(anonymous namespace)::", "").removeprefix("void ")
+    head, lt, tail = name.split("(")[0].partition("<")
+    return (head.split("::")[-1] + lt + tail)[:48] or name[:48]
+
+
 def gpu_per_call(fn, make_inputs, *, n=20, runs=5, device=None):
     """{'busy_s', 'span_s', 'kernels', 'by_kernel'} per call of fn on a GPU device
     (by_kernel: busy seconds per call of each kernel name, short names)."""
@@ -80,7 +87,7 @@ def gpu_per_call(fn, make_inputs, *, n=20, runs=5, device=None):
     spans = [(g[-1][1] - g[0][0]) / n * 1e-9 for g in _split_runs(events, runs) if g]
     by_kernel = {}
     for a, b, name in events:
-        short = name.split("(")[0].split("<")[0].split("::")[-1][:40]
+        short = _short_kernel_name(name)
         by_kernel[short] = by_kernel.get(short, 0.0) + (b - a) / (runs * n) * 1e-9
     return {"busy_s": busy, "span_s": statistics.median(spans),
             "kernels": len(events) / (runs * n), "by_kernel": by_kernel}

@@ -7,7 +7,7 @@ computes (the handler checks and fails loudly otherwise).
 from __future__ import annotations
 
 # Keep in sync with cc/align/align_plan.h.
-TILE = 4096          # routes per CTA tile (threads x items per thread)
+TILE = 2048          # routes per CTA until MAX_CTAS (kCtaRoutes)
 MAX_CTAS = 128       # CTAs of the multi-block path (about one per SM)
 
 

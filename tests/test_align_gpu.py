@@ -99,9 +99,10 @@ def test_cuda_seed_shape_against_reference(rng):
 
 
 def test_cuda_chunks_of_several_tiles(rng):
-    # Past TILE * MAX_CTAS routes each CTA ranks its chunk in several staged
+    # Past 8192 * MAX_CTAS routes each CTA ranks its chunk in several staged
     # tiles (8192 routes each), carrying expert counts from tile to tile.
-    numel = plan.TILE * plan.MAX_CTAS * 2 + 4 * 1000 + 3
+    rank_tile = 8192  # kRankTile in cc/align/align_warp_rank.cu
+    numel = rank_tile * plan.MAX_CTAS + 4 * 1000 + 3
     for E, bs in [(8, 16), (256, 64), (1024, 3)]:
         ids = random_ids(rng, (numel,), E)
         cpu, gpu = both(lambda x: jax_moe.moe_align_block_size(x, E, bs), ids)

@@ -9,7 +9,7 @@
 namespace jax_moe {
 namespace align_plan {
 
-// Multi-block path: CTAs of kThreads x kItems routes per tile.
+// Multi-block path, sort ranking: CTAs of kThreads x kItems routes per tile.
 constexpr int kThreads = 256;
 constexpr int kItems = 16;
 constexpr int64_t kTile = kThreads * kItems;
@@ -25,8 +25,12 @@ constexpr int kTinyItems = 4;
 constexpr int64_t kTinyTile = kTinyThreads * kTinyItems;
 constexpr int64_t kSmallMaxExperts = 4096;
 
+// Routes per CTA of the multi-block path until kMaxCtas CTAs: fewer than a
+// sort tile, so that mid sizes (32K routes) spread over 16 SMs.
+constexpr int64_t kCtaRoutes = 2048;
+
 JAX_MOE_HD int64_t NumCtas(int64_t numel) {
-  int64_t g = (numel + kTile - 1) / kTile;
+  int64_t g = (numel + kCtaRoutes - 1) / kCtaRoutes;
   return g < 1 ? 1 : (g > kMaxCtas ? kMaxCtas : g);
 }
 

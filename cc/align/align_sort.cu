@@ -25,13 +25,6 @@ struct NotEqual {
   __device__ __forceinline__ bool operator()(uint32_t a, uint32_t b) const { return a != b; }
 };
 
-// Number of bits that hold lanes 0..L (L = dropped).
-__host__ __device__ inline int LaneBits(int32_t num_local) {
-  int bits = 1;
-  while ((int64_t{1} << bits) <= num_local) ++bits;
-  return bits;
-}
-
 // One tile of routes sorted by lane, stably. Thread t ends up with sorted
 // positions t*kItems + j: lane, route index, rank inside its lane's run in this
 // tile, and whether it is the run's last item.
