@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import jax_moe
-from jax_moe.references.layer import moe_mlp_dense
+from jax_moe.references.layer import moe_mlp_argsort, moe_mlp_dense
 from test_permute import has_scatter
 
 CPU = jax.devices("cpu")[0]
@@ -45,6 +45,24 @@ def test_forward_bf16(rng):
         y = jax.jit(jax_moe.moe_mlp)(x, ids, w, wgu, wd)
         ref = moe_mlp_dense(x.astype(jnp.float32), ids, w, wgu, wd)
     assert rel_err(y, ref) < 2e-2
+
+
+def test_pure_jax_baseline_layer_equals_dense(rng):
+    # The baseline the layer example times us against must compute the same
+    # layer (dropped routes, shared experts, scaling included) and its grads.
+    x, ids, w, wgu, wd = case(rng)
+    shared = (jnp.asarray(rng.normal(size=(16, 10)), jnp.float32),
+              jnp.asarray(rng.normal(size=(5, 16)), jnp.float32))
+    kw = dict(shared_experts=shared, routed_scaling_factor=1.5)
+    with jax.default_device(CPU):
+        y = jax.jit(lambda *a: moe_mlp_argsort(*a, precision=HI, **kw))(x, ids, w, wgu, wd)
+        assert rel_err(y, moe_mlp_dense(x, ids, w, wgu, wd, **kw)) < 1e-5
+        loss = lambda f: (lambda *a: jnp.sum(f(*a) ** 2))
+        g = jax.grad(loss(lambda *a: moe_mlp_argsort(*a, precision=HI, **kw)), (0, 2, 3, 4))(
+            x, ids, w, wgu, wd)
+        g_ref = jax.grad(loss(lambda *a: moe_mlp_dense(*a, **kw)), (0, 2, 3, 4))(x, ids, w, wgu, wd)
+    for a, b in zip(g, g_ref):
+        assert rel_err(a, b) < 1e-5
 
 
 def test_shared_experts_and_scaling(rng):
