@@ -44,11 +44,14 @@ def nbytes(*arrays):
     return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays)
 
 
-def main():
+def main(argv=None):
+    global H
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, nargs="+", default=[128, 4096])
+    ap.add_argument("--hidden", type=int, default=H, help="multiple of 128 (CPU smoke runs)")
     ap.add_argument("--out", default=None, help="ignored (prints only)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    H = args.hidden
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({dev.platform}); R={R} H={H} E={E} top-{K} bf16")
     rng = np.random.default_rng(0)
