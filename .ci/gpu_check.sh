@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Everything the H200 session runs, in one call of the device tool:
-#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|benchep|benchdispatch] [racecheck]
+#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|benchep|benchdispatch|benchmulti] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
-# (.ci/sanitize.py), and the benchmarks (align, ep, dispatch).
+# (.ci/sanitize.py), and the benchmarks (align, ep, dispatch; benchmulti: EP over all
+# GPUs against the plain-JAX baseline, for the multi-GPU kinds).
 # Logs and results go under $OUT (default ./gpu_out); each stage has a time cap.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
@@ -43,5 +44,9 @@ for stage in $stages; do
     benchdispatch)
       timeout 180 python3 benchmarks/dispatch.py --out "$OUT" > "$OUT/dispatch.txt" 2>&1
       grep "^|" "$OUT/dispatch.txt" | tail -45 ;;
+    benchmulti)  # ep_dispatch/ep_combine vs the MaxText-style path, all local GPUs
+      timeout 240 python3 benchmarks/ep_multi.py --out "$OUT" > "$OUT/ep_multi.txt" 2>&1 \
+        || tail -25 "$OUT/ep_multi.txt"
+      grep -E "^(devices|R=|\|)" "$OUT/ep_multi.txt" | tail -30 ;;
   esac
 done

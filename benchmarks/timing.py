@@ -8,6 +8,11 @@ read back from the trace (jax.profiler.ProfileData). Per call we report
 - span: median over runs of (last kernel end - first kernel start) / n, which
   adds the gaps between kernels (launch latency, and host stalls if any).
 CPU: wall-clock slope of two chain lengths (cancels dispatch cost), median.
+
+Multi-device ops (jax.shard_map): pass a `jax.sharding.Sharding` as `device`;
+inputs are placed with it, and on GPU every device's kernels count: busy is
+the mean over GPUs, span the slowest GPU's (the numbers of one GPU when one is
+used, as before).
 """
 from __future__ import annotations
 
@@ -34,13 +39,22 @@ def _inputs(make_inputs, n, device):
     return [tuple(jax.device_put(x, device) for x in make_inputs(i)) for i in range(n)]
 
 
+def _platform(device):
+    """Platform of a device or of a sharding's devices."""
+    if isinstance(device, jax.sharding.Sharding):
+        device = next(iter(device.device_set))
+    return device.platform
+
+
 def _gpu_kernel_events(trace_dir):
+    """Per GPU that ran kernels: its sorted (start, end, name) kernel events."""
     path = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
     data = ProfileData.from_file(path)
-    events = []
+    per_gpu = []
     for plane in data.planes:
         if not plane.name.startswith("/device:GPU"):
             continue
+        events = []
         for line in plane.lines:
             if "Stream" not in line.name:
                 continue
@@ -48,7 +62,9 @@ def _gpu_kernel_events(trace_dir):
                 if "memcpy" in e.name.lower() or "memset" in e.name.lower():
                     continue
                 events.append((e.start_ns, e.start_ns + e.duration_ns, e.name))
-    return sorted(events)
+        if events:
+            per_gpu.append(sorted(events))
+    return per_gpu
 
 
 def _split_runs(events, runs):
@@ -69,7 +85,8 @@ def _short_kernel_name(name):
 
 def gpu_per_call(fn, make_inputs, *, n=20, runs=5, device=None):
     """{'busy_s', 'span_s', 'kernels', 'by_kernel'} per call of fn on a GPU device
-    (by_kernel: busy seconds per call of each kernel name, short names)."""
+    or a sharding over GPUs (by_kernel: busy seconds per call of each kernel
+    name, short names; busy, kernels and by_kernel are means over the GPUs)."""
     device = device or jax.devices()[0]
     args = _inputs(make_inputs, n, device)
     f = _chain(fn, n)
@@ -80,17 +97,20 @@ def gpu_per_call(fn, make_inputs, *, n=20, runs=5, device=None):
             for _ in range(runs):
                 jax.block_until_ready(f(*args))
                 time.sleep(0.002)  # a clear gap between runs
-        events = _gpu_kernel_events(d)
-    if not events:
+        per_gpu = _gpu_kernel_events(d)
+    if not per_gpu:
         raise RuntimeError("no GPU kernel events in the profile")
-    busy = sum(b - a for a, b, _ in events) / (runs * n) * 1e-9
-    spans = [(g[-1][1] - g[0][0]) / n * 1e-9 for g in _split_runs(events, runs) if g]
+    calls = runs * n * len(per_gpu)
+    events = [e for evs in per_gpu for e in evs]
+    busy = sum(b - a for a, b, _ in events) / calls * 1e-9
+    span = max(statistics.median([(g[-1][1] - g[0][0]) / n * 1e-9
+                                  for g in _split_runs(evs, runs) if g]) for evs in per_gpu)
     by_kernel = {}
     for a, b, name in events:
         short = _short_kernel_name(name)
-        by_kernel[short] = by_kernel.get(short, 0.0) + (b - a) / (runs * n) * 1e-9
-    return {"busy_s": busy, "span_s": statistics.median(spans),
-            "kernels": len(events) / (runs * n), "by_kernel": by_kernel}
+        by_kernel[short] = by_kernel.get(short, 0.0) + (b - a) / calls * 1e-9
+    return {"busy_s": busy, "span_s": span, "kernels": len(events) / calls,
+            "by_kernel": by_kernel}
 
 
 def wall_per_call(fn, make_inputs, *, short=4, long=24, repeats=9, device=None):
@@ -115,7 +135,7 @@ def measure(fn, make_inputs, *, device=None, n=20):
     over a chain of n calls (span and kernel count beside it); on CPU the wall
     slope (no span)."""
     device = device or jax.devices()[0]
-    if device.platform in ("gpu", "cuda"):
+    if _platform(device) in ("gpu", "cuda"):
         r = gpu_per_call(fn, make_inputs, device=device, n=n)
         return {"us": r["busy_s"] * 1e6, "span_us": r["span_s"] * 1e6, "kernels": r["kernels"],
                 "by_kernel_us": {k: v * 1e6 for k, v in r["by_kernel"].items()}}
