@@ -37,3 +37,11 @@ def test_ep_benchmark():
     text = run("ep.py", "--tokens", "8", "--hidden", "256")
     for kernel in ("layout", "pack fp8", "unpack", "combine (over ranks)"):
         assert kernel in text
+
+
+def test_ep_multi_benchmark(tmp_path):
+    text = run("ep_multi.py", "--cpu-devices", "4", "--tokens", "8", "--hidden", "256",
+               "--experts", "8", "--topk", "2", "--out", str(tmp_path))
+    for op in ("| dispatch | ours |", "| combine | ours |", "| dispatch | baseline |",
+               "| combine | baseline |"):
+        assert op in text
