@@ -1,3 +1,5 @@
+"""Align launches for Nsight Compute (stage `ncualign` of .ci/gpu_check.sh): the
+small, seed and multi-block shapes of the benchmark, three calls each."""
 import jax, jax.numpy as jnp, numpy as np, jax_moe
 rng = np.random.default_rng(0)
 for T, K, E, bs in [(1, 2, 8, 16), (128, 2, 64, 128), (4096, 2, 64, 128), (4096, 8, 256, 64), (65536, 8, 256, 64)]:
