@@ -27,7 +27,6 @@ if "align" in parts:
 
 if "permute" in parts:
     # permute / unpermute (and their backward kernels) with dropped routes.
-
     for T, H, E, K, dt in [(5, 8, 4, 2, jnp.float32), (300, 256, 16, 4, jnp.bfloat16),
                            (77, 130, 8, 2, jnp.float16), (40, 64, 16, 11, jnp.bfloat16)]:
         ids = rng.integers(-2, E + 2, size=(T, K)).astype(np.int32)
@@ -56,7 +55,7 @@ if "silu" in parts:
 if "ep" in parts:
     # EP local kernels at R = 8 shapes (the exchange replaced by this rank's own
     # buffer), fp8 pack, both route modes, combine; ids include -1.
-    from jax_moe import _ep_kernels as K_  # noqa: E402
+    from jax_moe import _ep_kernels as K_
 
     for t, e, k, h in [(5, 16, 2, 128), (40, 64, 4, 256)]:
         r = 8

@@ -9,7 +9,7 @@ empty slots and of normal mode's dropless padding included, shown as the zero
 fill share), index/weight reads. The "received" data is this rank's own send
 buffer (every rank alike).
 
-    python benchmarks/ep.py [--tokens 128 4096] [--reps 50]
+    python benchmarks/ep.py [--tokens 128 4096] [--hidden 7168]
 
 Time per call: GPU kernel busy time from the JAX profiler over a chain of calls
 on distinct copies of the operands (benchmarks/timing.py; the copy baseline is

@@ -71,11 +71,11 @@ def main():
 
 def report_time(params, x, y):
     """Per-call device time of loss+grad with our layer and with the plain-JAX one."""
-    times = {}
-    for name, mlp in [("jax_moe.moe_mlp", jax_moe.moe_mlp), ("pure JAX (argsort)", moe_mlp_argsort)]:
-        step = lambda p, x, y, mlp=mlp: jax.value_and_grad(loss_fn)(p, x, y, mlp)
-        times[name] = per_call_seconds(step, lambda i: (params, x + i * 1e-3, y))
-    ours, base = times.values()
+    def step_seconds(mlp):
+        step = lambda p, x, y: jax.value_and_grad(loss_fn)(p, x, y, mlp)
+        return per_call_seconds(step, lambda i: (params, x + i * 1e-3, y))
+
+    ours, base = step_seconds(jax_moe.moe_mlp), step_seconds(moe_mlp_argsort)
     print(f"loss+grad step ({T} tokens, {E} experts, top-{K}, {jax.default_backend()}): "
           f"ours {ours * 1e6:.0f} us, pure JAX {base * 1e6:.0f} us ({base / ours:.2f}x)")
 
