@@ -206,6 +206,21 @@ __device__ inline void FillPadding(int64_t worker, int64_t workers, const int32_
   for (int64_t b = total / bs + first; b < p.num_blocks; b += stride) expert_ids[b] = -1;
 }
 
+// CTAs [ctas, gridDim.x) of a multi-block scatter launch write the padding
+// (from the scan kernel's workspace); returns true for them.
+__device__ inline bool FillAsPaddingWorker(const AlignProblem& p, const ProblemPtrs& q,
+                                           const Workspace& w, int64_t ctas) {
+  if (blockIdx.x < ctas) return false;
+  FillPadding(blockIdx.x - ctas, gridDim.x - ctas, w.pstart, w.counts, p.num_local, p, q.sorted,
+              q.expert_ids);
+  return true;
+}
+
+// Max as a cub scan operator (CCCL 3 removed cub::Max).
+struct MaxOp {
+  __device__ __forceinline__ int32_t operator()(int32_t a, int32_t b) const { return a > b ? a : b; }
+};
+
 // Fill workers for P output slots (one per 8192 slots, at most 128).
 inline int64_t FillCtas(int64_t padded_len) {
   const int64_t f = (padded_len + 8191) / 8192;
