@@ -167,8 +167,11 @@ __device__ void ScanExperts(const int32_t* counts, int32_t num_local, int64_t bl
 // slots after each expert's routes and the block owners, then the tail past
 // the total. Warps take 32 experts at a time and visit only the busy ones
 // (ballot): empty experts own no slot and no block, and most experts are empty
-// when there are few routes. A busy expert's slots are written by its warp with
-// coalesced stores. Route slots are the scatter's.
+// when there are few routes. Each lane loads its expert's start, end and count
+// once (one coalesced load per chunk; pstart and counts may be in global
+// memory), and the busy loop takes them by shuffle: no memory round trip per
+// expert. A busy expert's slots are written by its warp with coalesced stores.
+// Route slots are the scatter's.
 __device__ inline void FillPadding(int64_t worker, int64_t workers, const int32_t* pstart,
                                    const int32_t* counts, int32_t num_local,
                                    const AlignProblem& p, int32_t* sorted, int32_t* expert_ids) {
@@ -179,12 +182,21 @@ __device__ inline void FillPadding(int64_t worker, int64_t workers, const int32_
   for (int64_t e0 = (worker * warps + threadIdx.x / 32) * 32; e0 < num_local;
        e0 += total_warps * 32) {
     const int64_t mine = e0 + lane;
-    unsigned busy = __ballot_sync(0xffffffffu, mine < num_local && counts[mine] > 0);
+    uint32_t my_begin = 0, my_end = 0, my_count = 0;
+    if (mine < num_local) {
+      my_begin = pstart[mine];
+      my_end = pstart[mine + 1];
+      my_count = counts[mine];
+    }
+    unsigned busy = __ballot_sync(0xffffffffu, my_count > 0);
     while (busy) {
-      const int32_t e = static_cast<int32_t>(e0) + __ffs(busy) - 1;
+      const int src = __ffs(busy) - 1;
       busy &= busy - 1;
-      const uint32_t begin = pstart[e], end = pstart[e + 1];
-      for (uint32_t s = begin + counts[e] + lane; s < end; s += 32) sorted[s] = sentinel;
+      const int32_t e = static_cast<int32_t>(e0) + src;
+      const uint32_t begin = __shfl_sync(0xffffffffu, my_begin, src);
+      const uint32_t end = __shfl_sync(0xffffffffu, my_end, src);
+      const uint32_t count = __shfl_sync(0xffffffffu, my_count, src);
+      for (uint32_t s = begin + count + lane; s < end; s += 32) sorted[s] = sentinel;
       for (uint32_t b = begin / bs + lane; b < end / bs; b += 32) expert_ids[b] = e;
     }
   }
@@ -193,6 +205,21 @@ __device__ inline void FillPadding(int64_t worker, int64_t workers, const int32_
   for (int64_t s = total + first; s < p.padded_len; s += stride) sorted[s] = sentinel;
   for (int64_t b = total / bs + first; b < p.num_blocks; b += stride) expert_ids[b] = -1;
 }
+
+// CTAs [ctas, gridDim.x) of a multi-block scatter launch write the padding
+// (from the scan kernel's workspace); returns true for them.
+__device__ inline bool FillAsPaddingWorker(const AlignProblem& p, const ProblemPtrs& q,
+                                           const Workspace& w, int64_t ctas) {
+  if (blockIdx.x < ctas) return false;
+  FillPadding(blockIdx.x - ctas, gridDim.x - ctas, w.pstart, w.counts, p.num_local, p, q.sorted,
+              q.expert_ids);
+  return true;
+}
+
+// Max as a cub scan operator (CCCL 3 removed cub::Max).
+struct MaxOp {
+  __device__ __forceinline__ int32_t operator()(int32_t a, int32_t b) const { return a > b ? a : b; }
+};
 
 // Fill workers for P output slots (one per 8192 slots, at most 128).
 inline int64_t FillCtas(int64_t padded_len) {

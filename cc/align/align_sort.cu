@@ -17,10 +17,7 @@ namespace {
 
 using namespace align_device;
 
-// Own functors: CCCL 3 removed cub::Max / cub::Inequality.
-struct Max {
-  __device__ __forceinline__ int32_t operator()(int32_t a, int32_t b) const { return a > b ? a : b; }
-};
+// Own functor: CCCL 3 removed cub::Inequality.
 struct NotEqual {
   __device__ __forceinline__ bool operator()(uint32_t a, uint32_t b) const { return a != b; }
 };
@@ -65,7 +62,7 @@ struct TileSorter {
     int32_t head_pos[kI];
 #pragma unroll
     for (int j = 0; j < kI; ++j) head_pos[j] = head[j] ? t * kI + j : 0;
-    Scan(s.scan).InclusiveScan(head_pos, head_pos, Max());
+    Scan(s.scan).InclusiveScan(head_pos, head_pos, MaxOp());
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < kI; ++j) rank[j] = t * kI + j - head_pos[j];
@@ -127,11 +124,7 @@ __global__ void __launch_bounds__(kThreads) AlignScatterKernel(AlignCudaArgs a, 
   const int32_t L = p.num_local;
   const ProblemPtrs q = PtrsOf(a);
   const Workspace w = WorkspaceOf(q.workspace, ctas, L);
-  if (blockIdx.x >= ctas) {  // fill workers
-    FillPadding(blockIdx.x - ctas, gridDim.x - ctas, w.pstart, w.counts, L, p, q.sorted,
-                q.expert_ids);
-    return;
-  }
+  if (FillAsPaddingWorker(p, q, w, ctas)) return;
   int32_t* offsets = w.offsets + blockIdx.x * static_cast<int64_t>(L);  // this CTA's row
   const int64_t chunk = CtaChunk(p.numel, ctas);
   const int64_t begin = blockIdx.x * chunk;

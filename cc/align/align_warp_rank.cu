@@ -201,10 +201,6 @@ __global__ void __launch_bounds__(kT) AlignWarpRankSmallKernel(AlignCudaArgs a) 
 // (routes of a warp land in different experts), which one SM issues at about
 // one per cycle: ~4 us for 8192 routes.
 
-struct MaxOp {
-  __device__ __forceinline__ int32_t operator()(int32_t a, int32_t b) const { return a > b ? a : b; }
-};
-
 template <int kT>
 size_t StagedSharedWords(int64_t numel, int32_t L, int64_t padded_len, int64_t num_blocks) {
   return 2 * (static_cast<size_t>(L) + 1) + static_cast<size_t>(RankWarps<kT>(numel, L)) * L +
@@ -297,11 +293,7 @@ __global__ void __launch_bounds__(kRankThreads)
   const int32_t L = p.num_local;
   const ProblemPtrs q = PtrsOf(a);
   const Workspace ws = WorkspaceOf(q.workspace, ctas, L);
-  if (blockIdx.x >= ctas) {  // padding workers
-    FillPadding(blockIdx.x - ctas, gridDim.x - ctas, ws.pstart, ws.counts, L, p, q.sorted,
-                q.expert_ids);
-    return;
-  }
+  if (FillAsPaddingWorker(p, q, ws, ctas)) return;
   const int64_t chunk = CtaChunk(p.numel, ctas);
   const int64_t begin = blockIdx.x * chunk;
   const int64_t end = min(begin + chunk, p.numel);
