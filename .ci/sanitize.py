@@ -71,4 +71,10 @@ if "ep" in parts:
             part = K_.combine_p.bind(rows, recv_index, w)
             out = K_.combine_p.bind(part, token_index, jnp.ones(token_index.shape, jnp.float32))
             jax.block_until_ready((q, s, out))
+    # ep_layout plans: count + write launches, 2 tiles per chunk, 2 rank groups,
+    # ids not staged (K > 128), wild ids.
+    for t, e, r, k in [(300, 16, 2, 4), (5000, 128, 64, 4), (700, 200, 100, 3), (300, 512, 8, 130)]:
+        ids = rng.integers(-3, e + 3, size=(t, k)).astype(np.int32)
+        ids[0, 0] = np.iinfo(np.int32).max
+        jax.block_until_ready(K_.layout_p.bind(jnp.asarray(ids), num_experts=e, num_ranks=r))
     print("sanitize ep done")

@@ -76,7 +76,33 @@ def _layout_abstract(ids, *, num_experts, num_ranks):
             _avals.derived(ids, (t, num_ranks), i32))        # token_index
 
 
-_ffi.register_lowerings(layout_p, "jax_moe_ep_layout", sharding_rule=_replicated_rule)
+# Keep in sync with cc/ep/ep_layout_plan.h: the CUDA kernels keep per (rank,
+# chunk of tokens) counts of sent tokens in a device workspace.
+LAYOUT_TILE_TOKENS = 64
+LAYOUT_SINGLE_TOKENS = 256
+LAYOUT_RANK_GROUP = 64
+LAYOUT_MAX_PREFIX_WORDS = 4096
+
+
+def layout_chunks(t: int, r: int) -> int:
+    """CTAs per rank group of the CUDA layout kernels (NumChunks in the plan)."""
+    if t <= LAYOUT_SINGLE_TOKENS:
+        tile = 32 if t <= 32 else -(-t // 32) * 32
+    else:
+        tile = LAYOUT_TILE_TOKENS
+    tiles = -(-t // tile) if t > 0 else 1
+    max_chunks = max(1, LAYOUT_MAX_PREFIX_WORDS // max(1, min(r, LAYOUT_RANK_GROUP)))
+    per_chunk = -(-tiles // max_chunks)
+    return -(-tiles // per_chunk)
+
+
+def _layout_cuda_workspace(avals_in, *, num_ranks, **_):
+    t = avals_in[0].shape[0]
+    return [_avals.derived(avals_in[0], (num_ranks * layout_chunks(t, num_ranks),), np.int32)]
+
+
+_ffi.register_lowerings(layout_p, "jax_moe_ep_layout", sharding_rule=_replicated_rule,
+                        workspace={"cuda": _layout_cuda_workspace})
 
 
 # --- ep_route: receiver-side plan ---------------------------------------------

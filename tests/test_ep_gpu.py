@@ -33,6 +33,28 @@ def test_layout_matches_cpu(rng, t, e, r, k):
     same_on_both(lambda i: K_.layout_p.bind(i, num_experts=e, num_ranks=r), ids)
 
 
+# The CUDA layout (cc/ep/ep_layout_plan.h): tiles of 64 tokens (one tile of up to 256
+# when T <= 256, no count launch), chunks of tiles, groups of 64 ranks, ids staged in
+# shared memory while a tile has at most 8192 of them.
+@pytest.mark.parametrize("t,e,r,k", [
+    (1, 4, 1, 1), (128, 8, 1, 3), (4096, 256, 1, 8),   # R = 1
+    (257, 16, 2, 4), (4096, 256, 2, 8),                # R = 2; 257: 5 tiles, the last of 1
+    (1000, 256, 8, 8), (4095, 256, 8, 8),              # 16 / 64 tiles, the last one partial
+    (5000, 128, 64, 4),                                # 64 ranks: 2 tiles per chunk
+    (700, 200, 100, 3),                                # 100 ranks: 2 rank groups
+    (300, 512, 8, 130),                                # K > 128: ids read from global memory
+    (200, 64, 2, 40)])                                 # one 224-token tile, K > 32: same
+def test_layout_wild_ids_match_cpu(rng, t, e, r, k):
+    ids = rng.integers(-3, e + 3, (t, k)).astype(np.int32)  # repeats; out of range both sides
+    ids[0, 0], ids[-1, -1] = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+    ids[1::7] = -1  # tokens sent nowhere: every rank has empty slots
+    send_rows = same_on_both(lambda i: K_.layout_p.bind(i, num_experts=e, num_ranks=r), ids)[0]
+    # Slot order is ascending token order on every rank.
+    for rows in send_rows.reshape(r, t):
+        used = rows[rows >= 0]
+        assert (np.diff(used) > 0).all()
+
+
 @pytest.mark.parametrize("mode", [K_.LOW_LATENCY, K_.NORMAL])
 @pytest.mark.parametrize("m,k,el,cap", [(8, 2, 1, None), (1200, 4, 4, None), (1200, 4, 4, 700),
                                         (32768, 8, 32, None)])

@@ -14,7 +14,7 @@ enum class EpRowType { kF32, kBf16, kF16 };
 
 cudaError_t LaunchEpLayout(const int32_t* ids, int64_t T, int64_t K, int64_t num_experts,
                            int64_t R, int32_t* send_rows, int32_t* send_local,
-                           int32_t* token_index, cudaStream_t stream);
+                           int32_t* token_index, int32_t* workspace, cudaStream_t stream);
 
 cudaError_t LaunchEpRoute(const int32_t* recv_local, int64_t M, int64_t K, int64_t El,
                           int64_t mode, int64_t N, int32_t* recv_index, int32_t* row_src,

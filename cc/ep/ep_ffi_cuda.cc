@@ -8,6 +8,7 @@
 #include "common/registry.h"
 #include "ep/ep_cuda.h"
 #include "ep/ep_ffi_args.h"
+#include "ep/ep_layout_plan.h"
 #include "ep/ep_route_plan.h"
 
 namespace jax_moe {
@@ -31,15 +32,19 @@ bool RowTypeOf(ffi::DataType dtype, EpRowType* type) {
 ffi::Error LayoutImpl(cudaStream_t stream, ffi::Buffer<ffi::S32> ids,
                       ffi::Result<ffi::Buffer<ffi::S32>> send_rows,
                       ffi::Result<ffi::Buffer<ffi::S32>> send_local,
-                      ffi::Result<ffi::Buffer<ffi::S32>> token_index, int64_t num_experts,
+                      ffi::Result<ffi::Buffer<ffi::S32>> token_index,
+                      ffi::Result<ffi::Buffer<ffi::S32>> workspace, int64_t num_experts,
                       int64_t num_ranks) {
   EpLayoutArgs a;
   ffi::Error err = DecodeEpLayout(ids, send_rows, send_local, token_index, num_experts,
                                   num_ranks, &a);
   if (err.failure()) return err;
+  if (Elems(*workspace) < ep_layout_plan::WorkspaceWords(a.T, a.R))
+    return ffi::Error::Internal("ep_layout: CUDA workspace too small (Python plan out of sync)");
   return Launched("ep_layout",
                   LaunchEpLayout(ids.typed_data(), a.T, a.K, a.E, a.R, send_rows->typed_data(),
-                                 send_local->typed_data(), token_index->typed_data(), stream));
+                                 send_local->typed_data(), token_index->typed_data(),
+                                 workspace->typed_data(), stream));
 }
 
 XLA_FFI_DEFINE_HANDLER(kLayout, LayoutImpl,
@@ -49,6 +54,7 @@ XLA_FFI_DEFINE_HANDLER(kLayout, LayoutImpl,
                            .Ret<ffi::Buffer<ffi::S32>>()  // send_rows [R, T]
                            .Ret<ffi::Buffer<ffi::S32>>()  // send_local [R*T, K]
                            .Ret<ffi::Buffer<ffi::S32>>()  // token_index [T, R]
+                           .Ret<ffi::Buffer<ffi::S32>>()  // workspace [R * chunks]
                            .Attr<int64_t>("num_experts")
                            .Attr<int64_t>("num_ranks"),
                        {ffi::Traits::kCmdBufferCompatible});
