@@ -7,10 +7,12 @@
 // thread loads kUnroll vectors before it reduces any (a whole 7168-channel bf16
 // row is in flight per block), and several blocks share an SM.
 // The amax is a max of absolute values: exact and order-independent, so it
-// equals the CPU's sequential fmax; the cast multiplies with __fmul_rn (no FMA).
+// equals the CPU's sequential fmax; the cast multiplies with __fmul_rn (no FMA)
+// and encodes with the hardware conversion (E4m3Pair, same bytes as the CPU).
 #include <cstdint>
 
 #include "common/fp8.h"
+#include "common/fp8_cuda.cuh"
 #include "ep/ep_cuda.h"
 #include "ep/ep_float.h"
 #include "ep/ep_vec.cuh"
@@ -97,12 +99,11 @@ __global__ void __launch_bounds__(kThreads)
           amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
         if (c >= vecs) continue;
         const float mul = Fp8Multiplier(amax);
-        uint32_t word[2] = {0u, 0u};
+        float s[kVec];
 #pragma unroll
-        for (int i = 0; i < kVec; ++i)
-          word[i / 4] |= static_cast<uint32_t>(FloatToE4m3(__fmul_rn(v[u][i], mul)))
-                         << (8 * (i % 4));
-        Store8<kVector>(qrow + c * kVec, word[0], word[1]);
+        for (int i = 0; i < kVec; ++i) s[i] = __fmul_rn(v[u][i], mul);
+        Store8<kVector>(qrow + c * kVec, E4m3Quad(s[0], s[1], s[2], s[3]),
+                        E4m3Quad(s[4], s[5], s[6], s[7]));
         if (c % kLanesPerGroup == 0) srow[c / kLanesPerGroup] = Fp8Scale(amax);
       }
     }
