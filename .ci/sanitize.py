@@ -71,6 +71,17 @@ if "ep" in parts:
             part = K_.combine_p.bind(rows, recv_index, w)
             out = K_.combine_p.bind(part, token_index, jnp.ones(token_index.shape, jnp.float32))
             jax.block_until_ready((q, s, out))
+    # combine kernels: multi-row groups with several per block (the next group's
+    # entries in flight), the scalar kernel, J = 0, staged entries (J > 32); wild ids.
+    for m, j, h, dt in [(5000, 8, 8, jnp.bfloat16), (3001, 3, 13, jnp.float16),
+                        (100, 0, 16, jnp.float32), (50, 40, 24, jnp.bfloat16)]:
+        y = jnp.asarray(rng.normal(size=(30, h)), dt)
+        index = rng.integers(-3, 33, size=(m, j)).astype(np.int32)
+        index[::3] = -1
+        if index.size:
+            index[0, 0], index[-1, -1] = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+        w = jnp.asarray(rng.random((m, j)), jnp.float32)
+        jax.block_until_ready(K_.combine_p.bind(y, jnp.asarray(index), w))
     # ep_layout plans: count + write launches, 2 tiles per chunk, 2 rank groups,
     # ids not staged (K > 128), wild ids.
     for t, e, r, k in [(300, 16, 2, 4), (5000, 128, 64, 4), (700, 200, 100, 3), (300, 512, 8, 130)]:

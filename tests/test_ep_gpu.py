@@ -119,6 +119,36 @@ def test_combine_matches_cpu(rng, dtype, h, j):
     same_on_both(lambda a, i, b: K_.combine_p.bind(a, i, b), y, index, w)
 
 
+# The CUDA combine (cc/ep/ep_rows.cu): for J <= 32 each warp reads a group of 32 // J
+# rows' entries, one per lane (groups of several rows once M outgrows one resident wave,
+# several groups per block, the last group partial); J > 32 stages entries in shared
+# memory. H not a multiple of 16 bytes takes the scalar (V = 1) kernels.
+@pytest.mark.parametrize("dtype,h,m,j,empty", [
+    (jnp.bfloat16, 7168, 1024, 8, 1 / 3),  # expert side at T = 128: a third of the rows empty
+    (jnp.bfloat16, 7168, 128, 8, 0.0),     # over ranks at T = 128: one row per group
+    (jnp.bfloat16, 256, 5001, 8, 1 / 3),   # 4-row groups, several per block
+    (jnp.float16, 200, 5001, 3, 0.5),      # 10-row groups (30 of 32 lanes)
+    (np.float32, 36, 3001, 1, 0.2),        # 32-row groups
+    (jnp.bfloat16, 512, 2000, 32, 0.1),    # all lanes one row's entries
+    (jnp.float16, 24, 64, 0, 0.0),         # no entries at all: zeros
+    (jnp.bfloat16, 13, 3000, 5, 0.3),      # scalar kernel, 6-row groups
+    (np.float32, 5, 999, 8, 0.3),          # scalar kernel
+    (jnp.float16, 7168, 300, 33, 0.1),     # staged, just past the direct bound
+    (np.float32, 100, 50, 700, 0.0)])      # staged, three rounds
+def test_combine_wild_ids_match_cpu(rng, dtype, h, m, j, empty):
+    n = 300
+    y = jnp.asarray(rng.standard_normal((n, h)), dtype)
+    index = rng.integers(-3, n + 3, (m, j)).astype(np.int32)  # out of range both sides
+    index[rng.random(m) < empty] = -1                         # rows with nothing to sum
+    if index.size:
+        index[0, 0], index[-1, -1] = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+    w = rng.standard_normal((m, j)).astype(np.float32)
+    out = same_on_both(lambda a, i, b: K_.combine_p.bind(a, i, b), y, index, w)
+    none = ((index < 0) | (index >= n)).all(axis=1)
+    assert none.any() == (empty > 0 or j == 0)
+    np.testing.assert_array_equal(np.asarray(out[none], np.float32), 0.0)
+
+
 def test_ep_on_gpus_equals_ep_on_cpu(rng):
     gpus = jax.devices("cuda")
     if len(gpus) < 2:
