@@ -222,10 +222,14 @@ def main(argv=None):
                         copy_gbs = gbs
                     rows.append({"tokens": T, "op": op, "impl": impl, "us": m["us"],
                                  "span_us": m["span_us"], "kernels": m["kernels"],
+                                 "by_kernel_us": m.get("by_kernel_us") or {},
                                  "bytes": nbytes, "GBps": gbs, "frac_copy": gbs / copy_gbs,
                                  "frac_spec_copy": gbs / SPEC_COPY_GBS})
                     print(f"  T={T:6d} {op:17s} {impl:18s} {m['us']:10.1f} us {gbs:8.0f} GB/s "
                           f"{gbs / copy_gbs:6.0%} of copy", flush=True)
+                    if m.get("by_kernel_us") and len(m["by_kernel_us"]) > 1:  # where the time goes
+                        print("      " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                   m["by_kernel_us"].items()), flush=True)
     print("\n| tokens | op | impl | us | GB/s (fewest bytes) | of measured copy | of 4.28 TB/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

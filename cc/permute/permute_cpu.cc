@@ -17,8 +17,12 @@ void PermutePlanCpu(const PlanShape& s, const int32_t* sorted_ids, const int32_t
     const int32_t r = sorted_ids[j];
     if (ValidRoute(r, s.numel)) route_rows[r] = static_cast<int32_t>(j);
   }
-  // Same bisection as the CUDA kernel, so both agree on any input.
-  for (int64_t e = 0; e < s.num_local; ++e) group_sizes[e] = GroupSize(expert_ids, s, e);
+  // Counting blocks (permute_shape.h), as the CUDA kernel's run boundaries do.
+  std::fill(group_sizes, group_sizes + s.num_local, 0);
+  for (int64_t b = 0; b < s.num_blocks; ++b) {
+    const int32_t e = BlockGroup(expert_ids, b, s.num_local);
+    if (e >= 0) group_sizes[e] += static_cast<int32_t>(s.block_size);
+  }
 }
 
 template <typename Fmt>

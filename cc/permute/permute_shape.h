@@ -34,27 +34,17 @@ struct PlanShape {
 JAX_MOE_HD bool ValidRoute(int32_t r, int64_t numel) { return r >= 0 && r < numel; }
 JAX_MOE_HD bool ValidRow(int32_t j, int64_t rows) { return j >= 0 && j < rows; }
 
-// First block whose expert is >= e. Blocks come in increasing expert order with
-// the unused (-1) blocks last (align.md), so keying -1 (and any id outside
-// [0, L)) as L gives a non-decreasing sequence to bisect.
-JAX_MOE_HD int64_t FirstBlockOf(const int32_t* expert_ids, int64_t num_blocks,
-                                int64_t e, int64_t num_local) {
-  int64_t lo = 0, hi = num_blocks;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    const int32_t id = expert_ids[mid];
-    const int64_t key = (id >= 0 && id < num_local) ? id : num_local;
-    if (key < e) lo = mid + 1; else hi = mid;
-  }
-  return lo;
+// Local expert owning block b of expert_ids, or -1 for a block of no group (the
+// unused blocks, and any id outside [0, L)).
+JAX_MOE_HD int32_t BlockGroup(const int32_t* expert_ids, int64_t b, int64_t num_local) {
+  const int32_t id = expert_ids[b];
+  return id >= 0 && id < num_local ? id : -1;
 }
 
-// Rows of local expert e in x_sorted (its routes plus block padding). The tail
-// rows from num_tokens_post_pad to P belong to no group.
-JAX_MOE_HD int32_t GroupSize(const int32_t* expert_ids, const PlanShape& s, int64_t e) {
-  const int64_t blocks = FirstBlockOf(expert_ids, s.num_blocks, e + 1, s.num_local) -
-                         FirstBlockOf(expert_ids, s.num_blocks, e, s.num_local);
-  return static_cast<int32_t>(blocks * s.block_size);
-}
+// group_sizes[e] = block_size * (blocks owned by e): the rows of local expert e
+// in x_sorted (its routes plus block padding; a valid plan's blocks of e are
+// contiguous). The tail rows from num_tokens_post_pad to P belong to no group.
+// Defined by counting, so that any expert_ids, however corrupt, gives one answer
+// on every backend.
 
 }  // namespace jax_moe
