@@ -3,7 +3,9 @@
 One rank's work at R = 8 shapes (shared issue 4: 4096 and 128 tokens per rank,
 H 7168 bf16, E 256, top-8): layout, pack (gather / gather + FP8), route,
 unpack (expansion), and the two combine stages, each as bytes moved per second
-and as a fraction of a plain copy's bandwidth measured in the same run. Bytes
+and as a fraction of a plain copy's bandwidth measured in the same run (a large
+copy, and a copy of the kernel's own byte count: time of that copy / time of the
+kernel, the fair yardstick where launch and latency dominate). Bytes
 are what the kernel must read and write: rows read, rows written (zero rows of
 empty slots and of normal mode's dropless padding included, shown as the zero
 fill share), index/weight reads. The "received" data is this rank's own send
@@ -102,11 +104,17 @@ def main(argv=None):
         read_us = per_call_us(lambda a: jnp.max(a, axis=1), (big,), chain)
         read_gbs = nbytes(big) / read_us / 1e3
         print(f"\nT={t} tokens/rank: copy {copy_gbs:.0f} GB/s, read-only {read_gbs:.0f} GB/s")
-        print(f"  {'kernel':24s} {'us':>9s} {'GB/s':>8s} {'of copy':>8s} {'zero fill':>10s}")
+        print(f"  {'kernel':24s} {'us':>9s} {'GB/s':>8s} {'of copy':>8s} {'zero fill':>10s} "
+              f"{'copy same bytes us':>19s} {'of it':>6s}")
         for name, op, a, b, zeros in cases:
             us = per_call_us(op, a, chain)
             gbs = b / us / 1e3
-            print(f"  {name:24s} {us:9.1f} {gbs:8.0f} {gbs / copy_gbs:8.0%} {zeros / b:10.0%}")
+            # A copy moving the kernel's bytes (half read, half written): at small T
+            # both pay the same launch and latency, which the large copy hides.
+            same = jnp.asarray(rng.standard_normal(max(b // 4, 1)), jnp.bfloat16)
+            same_us = per_call_us(lambda v: v * jnp.asarray(-1, v.dtype), (same,), chain)
+            print(f"  {name:24s} {us:9.1f} {gbs:8.0f} {gbs / copy_gbs:8.0%} {zeros / b:10.0%} "
+                  f"{same_us:19.1f} {same_us / us:6.0%}")
 
 
 if __name__ == "__main__":
