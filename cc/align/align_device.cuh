@@ -60,14 +60,26 @@ __host__ __device__ inline int LaneBits(int32_t num_local) {
 // longer the more distinct values a warp holds (the single-CTA kernel with
 // __match_any_sync took 5 us longer at 64 experts than at 8 for 8192 routes),
 // ballots do not. All lanes of the warp must call it with the same bits.
-__device__ __forceinline__ unsigned MatchLanes(uint32_t v, int bits) {
-  unsigned peers = 0xffffffffu;
+// With `smaller`, also the lanes holding a smaller value, from the same ballots:
+// on bits 0..b a lane is smaller if it has 0 where v has 1 at bit b, or the same
+// bit b and is smaller below (unused, it costs nothing: the function is inlined).
+__device__ __forceinline__ unsigned MatchLanes(uint32_t v, int bits, unsigned* smaller = nullptr) {
+  unsigned peers = 0xffffffffu, below = 0;
   for (int b = 0; b < bits; ++b) {
     const bool one = (v >> b) & 1u;
     const unsigned ones = __ballot_sync(0xffffffffu, one);
     peers &= one ? ones : ~ones;
+    below = one ? (below | ~ones) : (below & ~ones);
   }
+  if (smaller) *smaller = below;
   return peers;
+}
+
+// Lanes below this one (lanes 0..lane-1).
+__device__ __forceinline__ unsigned LanesBelow() {
+  unsigned m;
+  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+  return m;
 }
 
 // Calls fn(Id{}) with the C++ type of the ids' dtype. Host side: each kernel is

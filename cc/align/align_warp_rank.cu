@@ -55,12 +55,6 @@ __host__ __device__ inline int32_t RoutesPerWarp(int64_t n, int warps) {
   return static_cast<int32_t>((n + warps - 1) / warps);
 }
 
-__device__ __forceinline__ unsigned LanesBelow() {
-  unsigned m;
-  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
-  return m;
-}
-
 // tile[k] = lane of route begin + k, for k < n.
 template <typename Id>
 __device__ void StageTile(const Id* ids, int64_t begin, int64_t n, int64_t num_experts,
