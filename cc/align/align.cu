@@ -7,7 +7,10 @@
 // as in the CPU kernel (bit-identical outputs). Two ways to rank:
 // - warp ranking (num_local <= 1024, align_warp_rank.cu): no sort;
 // - tile radix sort (any num_local, align_sort.cu).
-// Two paths:
+// Three paths:
+// - one warp (numel <= kOneWarpMaxRoutes = 32, num_local <= 1024,
+//   align_tiny.cu): one launch; every warp ranks the routes by ballots and
+//   writes its own slice of the outputs, no CTA barrier.
 // - small (numel <= kSmallTile): one launch; CTA 0 ranks and scatters, padding
 //   is written by CTA 0 or, when P is large, by extra CTAs (P can be far larger
 //   than numel: up to L * (bs - 1) padding slots).
@@ -119,6 +122,7 @@ cudaError_t LaunchAlignCuda(const AlignCudaArgs& a, cudaStream_t stream) {
   if (a.batch == 0) return cudaSuccess;
   const int32_t L = p.num_local;
   const bool warp_rank = L <= kWarpRankMaxExperts && !SortRankingForced();
+  if (warp_rank && p.numel <= kOneWarpMaxRoutes) return LaunchOneWarpAlign(a, stream);
   if (p.numel <= kSmallTile) {
     if (warp_rank) return LaunchWarpRankSmall(a, stream);
     if (L <= kSmallMaxExperts) return LaunchSortSmall(a, stream);

@@ -12,6 +12,10 @@ namespace jax_moe {
 
 // Warp ranking (align_warp_rank.cu), for num_local <= kWarpRankMaxExperts.
 constexpr int32_t kWarpRankMaxExperts = 1024;
+// One warp's worth of routes (align_tiny.cu), num_local <= kWarpRankMaxExperts:
+// one launch without CTA barriers, every warp ranks all routes itself.
+constexpr int64_t kOneWarpMaxRoutes = 32;
+cudaError_t LaunchOneWarpAlign(const AlignCudaArgs& a, cudaStream_t stream);
 // One launch for numel <= align_plan::kSmallTile.
 cudaError_t LaunchWarpRankSmall(const AlignCudaArgs& a, cudaStream_t stream);
 // Step (3) of the multi-block path: scatter by the first `ctas` CTAs, padding
