@@ -40,7 +40,7 @@ for stage in $stages; do
       timeout 200 python3 benchmarks/align.py --out "$OUT" > "$OUT/align.txt" 2>&1
       grep -v "^  measured" "$OUT/align.txt" | tail -32 ;;
     ncualign)  # stall reasons of the align kernels (device memory not preallocated: replay)
-      timeout ${NCU_CAP:-200} ncu --clock-control none --kernel-name regex:Align --launch-count 15 --section LaunchStats \
+      timeout ${NCU_CAP:-200} ncu --clock-control none --kernel-name regex:Align --launch-count 21 --section LaunchStats \
           --section SpeedOfLight --section WarpStateStats --section SourceCounters \
           python3 .ci/ncu_align.py > "$OUT/ncu_align.txt" 2>&1
       grep -E "Align|Duration|Stall|Warp Cycles" "$OUT/ncu_align.txt" | head -60 ;;

@@ -2,7 +2,7 @@
 small, seed and multi-block shapes of the benchmark, three calls each."""
 import jax, jax.numpy as jnp, numpy as np, jax_moe
 rng = np.random.default_rng(0)
-for T, K, E, bs in [(1, 2, 8, 16), (128, 2, 64, 128), (4096, 2, 64, 128), (4096, 8, 256, 64), (65536, 8, 256, 64)]:
+for T, K, E, bs in [(1, 2, 8, 16), (1, 2, 64, 128), (4, 8, 1024, 64), (128, 2, 64, 128), (4096, 2, 64, 128), (4096, 8, 256, 64), (65536, 8, 256, 64)]:
     ids = jnp.asarray(rng.integers(0, E, size=(T, K), dtype=np.int32))
     f = jax.jit(lambda x: jax_moe.moe_align_block_size(x, E, bs))
     for _ in range(3):

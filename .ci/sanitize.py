@@ -1,4 +1,4 @@
-"""Small CUDA workload for compute-sanitizer: both align paths with wild ids and
+"""Small CUDA workload for compute-sanitizer: the align paths with wild ids and
 maps; permute/unpermute forward and backward with dropped routes; silu_and_mul
 (plain, fp8, counts, backward); the EP local kernels."""
 import sys
@@ -22,6 +22,17 @@ if "align" in parts:
         emap = rng.integers(-1, E // 2 + 3, size=E).astype(np.int32)
         out2 = jax.jit(lambda x, m: jax_moe.moe_align_block_size(
             x, E, bs, expert_map=m, num_local_experts=max(E // 2, 1)))(ids, emap)
+        jax.block_until_ready((out, out2))
+    # The one-warp path (<= 32 routes, <= 1024 local experts): no routes, wild
+    # ids and maps, bs 4097 (P over ~130 CTAs), a vmapped batch.
+    for numel, E, bs in [(0, 8, 4), (1, 64, 128), (2, 8, 1), (32, 1024, 4097), (32, 1100, 64)]:
+        ids = rng.integers(-5, E + 5, size=numel).astype(np.int32)
+        ids[:3] = [np.iinfo(np.int32).min, np.iinfo(np.int32).max, -1][:numel]
+        emap = rng.integers(-1, E // 2 + 3, size=E).astype(np.int32)
+        out = jax.jit(lambda x, m: jax_moe.moe_align_block_size(
+            x, E, bs, expert_map=m, num_local_experts=max(E // 2, 1), pad_sorted_ids=True))(ids, emap)
+        out2 = jax.jit(jax.vmap(lambda x: jax_moe.moe_align_block_size(x, min(E, 1024), bs)))(
+            np.stack([ids, ids[::-1]]))
         jax.block_until_ready((out, out2))
     print("sanitize workload done")
 

@@ -1,8 +1,9 @@
 """moe_align_block_size on CUDA equals the CPU kernel bit for bit (marker gpu).
 
-Covers both CUDA paths (single block up to 8192 routes and <= 4096 local
-experts; multi block beyond) and their boundaries, all id dtypes, expert maps,
-vmapped batches, and repeated runs."""
+Covers the CUDA paths (one warp's worth of routes, <= 32, and <= 1024 local
+experts; single block up to 8192 routes and <= 4096 local experts; multi block
+beyond) and their boundaries, all id dtypes, expert maps, vmapped batches, and
+repeated runs."""
 import itertools
 
 import jax
@@ -17,7 +18,6 @@ from reference_align import align_reference
 from test_align import random_ids
 
 pytestmark = pytest.mark.gpu
-
 
 
 def assert_same(a, b, what=""):
@@ -121,3 +121,84 @@ def test_cuda_small_path_variants(rng, numel, E, bs):
     cpu, gpu = both(lambda x: jax_moe.moe_align_block_size(x, E, bs), ids)
     assert_same(cpu, gpu, f"numel={numel} E={E} bs={bs}")
     assert_same(gpu, align_reference(ids, E, bs))
+
+
+# The one-warp path (cc/align/align_tiny.cu): <= 32 routes and <= 1024 local
+# experts; 33 routes and 1025 experts take the older paths. Slots are spread
+# over CTAs of 1024, so bs 4097 (P up to 32 * 4097) runs ~130 CTAs.
+ONE_WARP_NUMELS = [0, 1, 2, 31, 32, 33]
+
+
+def check_one_warp(ids, E, bs, what, **kw):
+    f = lambda x: jax_moe.moe_align_block_size(x, E, bs, **kw)
+    cpu, gpu = both(f, ids)
+    assert_same(cpu, gpu, what)
+    assert_same(gpu, align_reference(ids, E, bs, pad_sorted_ids=kw.get("pad_sorted_ids", False)),
+                what)
+
+
+@pytest.mark.parametrize("numel", ONE_WARP_NUMELS)
+def test_cuda_one_warp_path(rng, numel):
+    for E, bs in [(1, 1), (8, 3), (64, 128), (1024, 1), (1024, 64), (1024, 4097), (1025, 16)]:
+        pad = bool(rng.integers(2))
+        ids = random_ids(rng, (numel,), E)
+        check_one_warp(ids, E, bs, f"numel={numel} E={E} bs={bs}", pad_sorted_ids=pad)
+
+
+def test_cuda_one_warp_peers_and_blocks(rng):
+    # 32 routes of one expert at bs 1 (32 blocks, the most), 32 distinct
+    # experts, few distinct experts with several blocks each, and all invalid.
+    for ids, E, bs in [(np.zeros(32), 4, 1), (np.arange(32)[::-1], 1024, 1),
+                       (np.arange(32) % 3, 3, 4), (rng.integers(0, 5, 32), 5, 2),
+                       (np.full(32, -1), 64, 3), (np.full(7, 64), 64, 16)]:
+        for pad in (False, True):
+            check_one_warp(np.asarray(ids, np.int32), E, bs, f"E={E} bs={bs}", pad_sorted_ids=pad)
+
+
+def test_cuda_one_warp_many_ctas(rng):
+    # Large P: bs 65536 with 32 distinct experts writes 2M slots (2048 CTAs).
+    ids = rng.permutation(1000)[:32].astype(np.int32)
+    ids[::5] = -1
+    check_one_warp(ids, 1000, 65536, "bs=65536", pad_sorted_ids=True)
+
+
+def test_cuda_one_warp_expert_map(rng):
+    # L from the map (up to 1024 with E 1100; 1025 falls back), map entries -1,
+    # >= L and far out of range, ids out of range.
+    for numel, E, L in [(1, 64, 8), (17, 256, 200), (32, 1100, 1024), (32, 1100, 1025),
+                        (31, 2000, 1)]:
+        emap = rng.integers(0, L, size=E)
+        wild = rng.choice([-1, -7, L, L + 5, np.iinfo(np.int32).max, np.iinfo(np.int32).min], E)
+        emap = np.where(rng.random(E) < .4, wild, emap).astype(np.int32)
+        ids = random_ids(rng, (numel,), E)
+        for bs in (1, 16, 300):
+            f = lambda x, m: jax_moe.moe_align_block_size(x, E, bs, expert_map=m,
+                                                          num_local_experts=L, pad_sorted_ids=True)
+            cpu, gpu = both(f, ids, emap)
+            assert_same(cpu, gpu, f"map numel={numel} E={E} L={L} bs={bs}")
+            assert_same(gpu, align_reference(ids, E, bs, emap, L, pad_sorted_ids=True))
+
+
+def test_cuda_one_warp_id_dtypes(rng):
+    ids = random_ids(rng, (32,), 77, np.uint32)
+    ids[:2] = [np.iinfo(np.uint32).max, 77]
+    check_one_warp(ids, 77, 8, "uint32")
+    ids = random_ids(rng, (5,), 100, np.int8)
+    check_one_warp(ids, 100, 2, "int8")
+    with jax.enable_x64(True):
+        ids = random_ids(rng, (4, 8), 77, np.int64)
+        ids[0, :3] = [2**40, -2**40, 77 + 2**32]
+        check_one_warp(ids, 77, 8, "int64")
+
+
+def test_cuda_one_warp_vmap(rng):
+    # Problems of a batch on blockIdx.y, with batched ids and batched maps.
+    for numel, bs in [(7, 4), (32, 1), (32, 200)]:
+        ids = random_ids(rng, (6, numel), 64)
+        cpu, gpu = both(jax.vmap(lambda x: jax_moe.moe_align_block_size(x, 64, bs)), ids)
+        assert_same(cpu, gpu, f"vmap numel={numel} bs={bs}")
+        maps = rng.integers(-1, 20, size=(6, 64)).astype(np.int32)
+        g = jax.vmap(lambda x, m: jax_moe.moe_align_block_size(x, 64, bs, expert_map=m,
+                                                               num_local_experts=20))
+        cpu, gpu = both(g, ids, maps)
+        assert_same(cpu, gpu, f"vmap map numel={numel} bs={bs}")
