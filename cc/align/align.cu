@@ -7,10 +7,14 @@
 // as in the CPU kernel (bit-identical outputs). Two ways to rank:
 // - warp ranking (num_local <= 1024, align_warp_rank.cu): no sort;
 // - tile radix sort (any num_local, align_sort.cu).
-// Three paths:
+// Four paths:
 // - one warp (numel <= kOneWarpMaxRoutes = 32, num_local <= 1024,
 //   align_tiny.cu): one launch; every warp ranks the routes by ballots and
 //   writes its own slice of the outputs, no CTA barrier.
+// - one pass (kOnePassMinRoutes < numel <= kOnePassMaxRoutes, num_local <= 1024,
+//   align_onepass.cu): one launch of numel / 1024 CTAs; every CTA counts all
+//   routes, scans the same expert starts, ranks and scatters its own chunk and
+//   writes its share of the padding. No workspace, no inter-CTA communication.
 // - small (numel <= kSmallTile): one launch; CTA 0 ranks and scatters, padding
 //   is written by CTA 0 or, when P is large, by extra CTAs (P can be far larger
 //   than numel: up to L * (bs - 1) padding slots).
@@ -18,7 +22,9 @@
 //   per-CTA offsets and expert starts, (3) CTAs rank their routes and scatter
 //   them to start + CTA offset + rank, while extra CTAs fill padding slots and
 //   block owners. No global atomics on expert counters.
-// JAX_MOE_ALIGN_RANKING=sort forces the tile sort everywhere (A/B tests).
+// JAX_MOE_ALIGN_RANKING=sort forces the tile sort everywhere (A/B tests);
+// JAX_MOE_ALIGN_ONEPASS=0 turns the one-pass path off (its sizes take the
+// single-CTA and multi-block paths again).
 #include <cub/block/block_scan.cuh>
 
 #include <cstdlib>
@@ -115,6 +121,16 @@ bool SortRankingForced() {
   return v != nullptr && std::strcmp(v, "sort") == 0;
 }
 
+// JAX_MOE_ALIGN_ONEPASS=0 disables the one-pass path (A/B testing; read once
+// per process).
+bool OnePassEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("JAX_MOE_ALIGN_ONEPASS");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return enabled;
+}
+
 }  // namespace
 
 cudaError_t LaunchAlignCuda(const AlignCudaArgs& a, cudaStream_t stream) {
@@ -123,6 +139,9 @@ cudaError_t LaunchAlignCuda(const AlignCudaArgs& a, cudaStream_t stream) {
   const int32_t L = p.num_local;
   const bool warp_rank = L <= kWarpRankMaxExperts && !SortRankingForced();
   if (warp_rank && p.numel <= kOneWarpMaxRoutes) return LaunchOneWarpAlign(a, stream);
+  if (warp_rank && p.numel > kOnePassMinRoutes && p.numel <= kOnePassMaxRoutes &&
+      OnePassEnabled())
+    return LaunchOnePassAlign(a, stream);
   if (p.numel <= kSmallTile) {
     if (warp_rank) return LaunchWarpRankSmall(a, stream);
     if (L <= kSmallMaxExperts) return LaunchSortSmall(a, stream);

@@ -1,0 +1,176 @@
+// One-launch, multi-CTA CUDA align path for mid sizes (kOnePassMinRoutes <
+// numel <= kOnePassMaxRoutes, num_local <= kWarpRankMaxExperts): no workspace,
+// no communication between CTAs ("redundant histogram").
+//
+// CTA c of a problem ranks the routes of its chunk [c * chunk, (c + 1) * chunk).
+// Every CTA loads ALL ids of its problem (coalesced, 16 loads in flight per
+// thread) and counts them in shared memory twice over: the routes before its
+// chunk (before[e]) and the others, which becomes all routes (total[e]). Counts
+// do not depend on the order of the shared-memory atomics, so every CTA gets the
+// same totals and, from the same scan, the same padded expert starts and
+// num_tokens_post_pad. While counting, the CTA keeps the lanes of its own chunk
+// in a shared tile; it ranks that tile stably with the warp walk
+// (align_walk.cuh), from pstart[e] + before[e], and scatters its routes.
+// The padding is split over all CTAs by range: block owners by block range (a
+// binary search of the starts), each expert's padding slots by one warp, the
+// tail past num_tokens_post_pad by slot range. None of these is a slot a route
+// owns, so routes and sentinels never race. CTAs past the ranking ones (when P
+// is large) only count and fill.
+#include <cub/block/block_scan.cuh>
+
+#include "align/align_device.cuh"
+#include "align/align_launch.h"
+#include "align/align_walk.cuh"
+
+namespace jax_moe {
+namespace {
+
+using namespace align_device;
+
+constexpr int kOnePassThreads = 512;
+constexpr int kOnePassWarps = kOnePassThreads / 32;
+// Routes ranked per CTA at most (a multiple of 32, <= 4 walk steps per warp).
+constexpr int64_t kOnePassChunk = 1024;
+// Loads in flight per thread while counting: 6144 routes a round (16 spill on
+// sm_80 for 1- and 8-byte ids).
+constexpr int kCountItems = 12;
+// Counting: with few lane bits the ballots of MatchLanes are cheap and the
+// lanes of a warp step share few experts (a plain shared atomic per route would
+// serialize on them), so the warp aggregates: one atomic per distinct expert.
+// With more bits (L >= 16) the ballots cost more than the rare same-address
+// conflicts of a plain atomic per route. To be measured (ncu, E 8 vs E 64).
+constexpr int kAggregateMaxBits = 4;
+
+static_assert(kOnePassChunk % 32 == 0, "chunks start at a warp step");
+static_assert(kOnePassChunk < (1 << 16), "ranks are packed in 16 bits");
+static_assert(kOnePassMaxRoutes < (int64_t{1} << 31), "route indices are int32");
+
+// Routes of each ranking CTA's chunk: numel spread evenly over
+// ceil(numel / kOnePassChunk) CTAs, rounded up to a warp step (so a warp step of
+// the count is entirely before a chunk or not). Host and device agree.
+__host__ __device__ inline int32_t OnePassChunk(int64_t numel) {
+  const int64_t ctas = CeilDiv(numel, kOnePassChunk);
+  return static_cast<int32_t>(CeilDiv(CeilDiv(numel, ctas > 0 ? ctas : 1), 32) * 32);
+}
+
+// Shared words: before [L] | total [L] | pstart [L + 1] | tile [chunk] | whist [W, L].
+size_t OnePassSharedBytes(int32_t chunk, int32_t L) {
+  const int64_t words = 3 * int64_t{L} + 1 + (chunk > 0 ? chunk : 1) +
+                        int64_t{RankWarps<kOnePassThreads>(chunk, L)} * L;
+  return static_cast<size_t>(words) * sizeof(int32_t);
+}
+
+// Expert owning padded slot s < pstart[L]: the last e with pstart[e] <= s
+// (experts after e start later; empty experts before it start at the same slot).
+__device__ __forceinline__ int32_t OwnerOfSlot(const int32_t* pstart, int32_t L, uint32_t s) {
+  int32_t lo = 0, hi = L;  // pstart[lo] <= s; the owner is in [lo, hi)
+  while (hi - lo > 1) {
+    const int32_t mid = (lo + hi) >> 1;
+    if (static_cast<uint32_t>(pstart[mid]) <= s) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// This CTA's share of the outputs that hold no route (counts and starts in
+// shared memory, the same in every CTA).
+__device__ void FillShare(const int32_t* pstart, const int32_t* total, int32_t L,
+                          const AlignProblem& p, int32_t* sorted, int32_t* expert_ids) {
+  const int32_t sentinel = static_cast<int32_t>(p.numel);
+  const uint32_t bs = BlockSize32(p.block_size);
+  const uint32_t all = static_cast<uint32_t>(pstart[L]);  // num_tokens_post_pad
+  const uint32_t busy_blocks = all / bs;
+  const uint32_t ctas = gridDim.x, c = blockIdx.x;
+  // Block owners, CTA c: blocks [c * nb / ctas, (c + 1) * nb / ctas).
+  const uint64_t nb = static_cast<uint64_t>(p.num_blocks);
+  const uint32_t b1 = static_cast<uint32_t>(nb * (c + 1) / ctas);
+  for (uint32_t b = static_cast<uint32_t>(nb * c / ctas) + threadIdx.x; b < b1;
+       b += kOnePassThreads)
+    expert_ids[b] = b < busy_blocks ? OwnerOfSlot(pstart, L, b * bs) : -1;
+  // Each expert's padding after its routes (< bs slots), one warp per expert.
+  const int32_t lane = threadIdx.x & 31;
+  for (int32_t e = c * kOnePassWarps + threadIdx.x / 32; e < L; e += ctas * kOnePassWarps) {
+    const uint32_t end = static_cast<uint32_t>(pstart[e + 1]);
+    for (uint32_t s = static_cast<uint32_t>(pstart[e] + total[e]) + lane; s < end; s += 32)
+      sorted[s] = sentinel;
+  }
+  // The tail [num_tokens_post_pad, P), by slot range.
+  const uint32_t P = static_cast<uint32_t>(p.padded_len);
+  for (uint32_t s = all + c * kOnePassThreads + threadIdx.x; s < P; s += ctas * kOnePassThreads)
+    sorted[s] = sentinel;
+}
+
+template <typename Id>
+__global__ void __launch_bounds__(kOnePassThreads) AlignOnePassKernel(AlignCudaArgs a) {
+  extern __shared__ __align__(16) int32_t smem[];
+  __shared__ typename cub::BlockScan<long long, kOnePassThreads>::TempStorage scan_tmp;
+  const AlignProblem& p = a.problem;
+  const int32_t L = p.num_local;
+  const int32_t numel = static_cast<int32_t>(p.numel);  // <= kOnePassMaxRoutes
+  const ProblemPtrs q = PtrsOf(a);
+  const int32_t chunk = OnePassChunk(numel);
+  // CTAs past the last chunk (fill only) rank nothing.
+  const int32_t begin = static_cast<int32_t>(min(int64_t{blockIdx.x} * chunk, int64_t{numel}));
+  const int32_t n = min(begin + chunk, numel) - begin;
+  const int W = RankWarps<kOnePassThreads>(n, L);
+  const int32_t per = RoutesPerWarp(n, W);
+  int32_t* before = smem;                 // [L] routes of this expert before the chunk
+  int32_t* total = before + L;            // [L] the others, then all routes
+  int32_t* pstart = total + L;            // [L + 1] padded starts
+  int32_t* tile = pstart + (L + 1);       // [chunk] lanes of the chunk's routes
+  int32_t* whist = tile + (chunk > 0 ? chunk : 1);  // [W, L] per-warp counts
+
+  for (int32_t e = threadIdx.x; e < L; e += kOnePassThreads) before[e] = total[e] = 0;
+  for (int32_t k = threadIdx.x; k < W * L; k += kOnePassThreads) whist[k] = 0;
+  __syncthreads();
+  const int bits = LaneBits(L);
+  const bool aggregate = bits <= kAggregateMaxBits;  // uniform over the CTA
+  ForLanes<kCountItems>(
+      static_cast<const Id*>(q.ids), 0, numel, p.num_experts, q.expert_map, L,
+      [&](int64_t k64, int32_t e) {
+        const int32_t k = static_cast<int32_t>(k64);
+        if (static_cast<uint32_t>(k - begin) < static_cast<uint32_t>(n)) tile[k - begin] = e;
+        int32_t* count = k < begin ? before : total;  // uniform over the warp step
+        if (aggregate) {
+          const unsigned peers = MatchLanes(e, bits);
+          if (e < L && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&count[e], __popc(peers));
+        } else if (e < L) {
+          atomicAdd(&count[e], 1);
+        }
+      });
+  __syncthreads();
+  for (int32_t e = threadIdx.x; e < L; e += kOnePassThreads) total[e] += before[e];
+  WalkTile(tile, n, per, W, L, whist);
+  __syncthreads();
+  ScanExperts<kOnePassThreads>(total, L, p.block_size, nullptr, pstart, scan_tmp);
+  __syncthreads();
+  if (blockIdx.x == 0 && threadIdx.x == 0) *q.post_pad = pstart[L];
+  FillShare(pstart, total, L, p, q.sorted, q.expert_ids);
+  // The chunk's first route of expert e goes to pstart[e] + before[e]. Same
+  // thread per expert as in PrefixOverWarps: no barrier between them.
+  for (int32_t e = threadIdx.x; e < L; e += kOnePassThreads) before[e] += pstart[e];
+  PrefixOverWarps(whist, W, L, before);
+  __syncthreads();
+  ScatterTile(tile, n, per, L, whist, nullptr, begin, q.sorted);
+}
+
+}  // namespace
+
+cudaError_t LaunchOnePassAlign(const AlignCudaArgs& a, cudaStream_t stream) {
+  const AlignProblem& p = a.problem;
+  const int32_t chunk = OnePassChunk(p.numel);
+  const int64_t ranking = CeilDiv(p.numel, chunk);
+  const int64_t fill = FillCtas(p.padded_len);
+  const dim3 grid(static_cast<unsigned>(ranking > fill ? ranking : fill),
+                  static_cast<unsigned>(a.batch));
+  const size_t bytes = OnePassSharedBytes(chunk, p.num_local);
+  return WithIdType(a.id_kind, [&](auto id) {
+    auto kernel = AlignOnePassKernel<decltype(id)>;
+    const cudaError_t err = AllowSharedBytes(kernel, bytes);
+    if (err != cudaSuccess) return err;
+    kernel<<<grid, kOnePassThreads, bytes, stream>>>(a);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace jax_moe

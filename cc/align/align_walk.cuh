@@ -1,0 +1,106 @@
+// Warp ranking of a tile of routes staged in shared memory, shared by the
+// warp-ranked kernels (align_warp_rank.cu, align_onepass.cu). Warps walk
+// contiguous ranges of the tile 32 routes a step, in route order; peers come
+// from per-bit ballots (MatchLanes), and a route's rank inside its warp's range
+// is stored next to its lane (lane | rank << 16). After a prefix over warps per
+// expert, every route is placed independently. Internal to the CUDA module.
+#pragma once
+
+#include "align/align_device.cuh"
+
+namespace jax_moe {
+namespace align_device {
+
+// Per-warp counters are [W][L] int32 in shared memory; W shrinks as L grows.
+constexpr int64_t kWarpCounterWords = 16384;
+
+// Warps (of a kT-thread CTA) that walk a tile of n routes: enough for <= 4
+// steps each, within the counter budget. Host and device agree (shared-memory
+// size).
+template <int kT>
+__host__ __device__ inline int RankWarps(int64_t n, int32_t L) {
+  int64_t w = (n + 127) / 128;
+  const int64_t cap = kWarpCounterWords / (L > 0 ? L : 1);
+  if (w > cap) w = cap;
+  if (w > kT / 32) w = kT / 32;
+  return w < 1 ? 1 : static_cast<int>(w);
+}
+
+// Routes per warp range (< 2^16: tiles hold at most kSmallTile routes).
+__host__ __device__ inline int32_t RoutesPerWarp(int64_t n, int warps) {
+  return static_cast<int32_t>((n + warps - 1) / warps);
+}
+
+// Warp w < W walks tile[w * per, (w + 1) * per): afterwards each valid route
+// holds lane | rank << 16 (rank among its expert's routes in the warp's range)
+// and whist[w][e] (zeroed before) holds the range's count of expert e. Steps
+// go in groups of kGroup: the lane loads and peer masks of a group do not
+// depend on the counters, so they are computed together (their latencies
+// overlap); only the counter updates run step after step.
+constexpr int kGroup = 4;
+
+__device__ inline void WalkTile(int32_t* tile, int32_t n, int32_t per, int W, int32_t L,
+                         int32_t* whist) {
+  const int w = threadIdx.x / 32, lane_id = threadIdx.x & 31;
+  if (w >= W) return;
+  int32_t* mine = whist + w * L;
+  const int32_t lo = w * per, hi = min(lo + per, n);
+  const unsigned below = LanesBelow();
+  const int bits = LaneBits(L);
+  for (int32_t base = lo; base < hi; base += 32 * kGroup) {
+    int32_t e[kGroup];
+    unsigned peers[kGroup];
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) {
+      const int32_t k = base + 32 * j + lane_id;
+      e[j] = k < hi ? tile[k] : L;
+    }
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) peers[j] = MatchLanes(e[j], bits);
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) {
+      const int32_t k = base + 32 * j + lane_id;
+      int32_t placed = 0;
+      if (e[j] < L) {
+        placed = mine[e[j]];
+        tile[k] = e[j] | ((placed + __popc(peers[j] & below)) << 16);
+      }
+      __syncwarp();  // every lane has read mine[] before the leaders advance it
+      if (e[j] < L && lane_id == __ffs(peers[j]) - 1) mine[e[j]] = placed + __popc(peers[j]);
+      __syncwarp();  // the next step's leader for e may be another lane
+    }
+  }
+}
+
+// Per expert: whist[w][e] := running[e] + counts of warps before w; running[e]
+// += the tile's count.
+__device__ inline void PrefixOverWarps(int32_t* whist, int W, int32_t L, int32_t* running) {
+  for (int32_t e = threadIdx.x; e < L; e += blockDim.x) {
+    int32_t run = running[e];
+    for (int w = 0; w < W; ++w) {
+      int32_t* slot = whist + static_cast<int64_t>(w) * L + e;
+      const int32_t v = *slot;
+      *slot = run;
+      run += v;
+    }
+    running[e] = run;
+  }
+}
+
+// Route begin + k goes to whist[warp][e] + rank (+ add[e] when add is given).
+__device__ inline void ScatterTile(const int32_t* tile, int32_t n, int32_t per, int32_t L,
+                            const int32_t* whist, const int32_t* add, int64_t begin,
+                            int32_t* sorted) {
+  for (int32_t k = threadIdx.x; k < n; k += blockDim.x) {
+    const int32_t v = tile[k];
+    const int32_t e = v & 0xffff;
+    if (e >= L) continue;
+    const int32_t w = static_cast<uint32_t>(k) / static_cast<uint32_t>(per);
+    int32_t dest = whist[w * L + e] + (v >> 16);
+    if (add) dest += add[e];
+    sorted[dest] = static_cast<int32_t>(begin + k);
+  }
+}
+
+}  // namespace align_device
+}  // namespace jax_moe
