@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the H200 session runs, in one call of the device tool:
-#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|benchep|benchdispatch|benchmulti] [ncualign] [racecheck]
+#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|benchep|benchdispatch|benchmulti] [ncualign] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
 # (.ci/sanitize.py), and the benchmarks (align, ep, dispatch; benchmulti: EP over all
@@ -39,6 +39,12 @@ for stage in $stages; do
     benchalign)  # the align table over every token count of the issue
       timeout 200 python3 benchmarks/align.py --out "$OUT" > "$OUT/align.txt" 2>&1
       grep -v "^  measured" "$OUT/align.txt" | tail -32 ;;
+    onepassab)  # the one-pass align path (default) against the paths it replaces
+      for v in 1 0; do
+        JAX_MOE_ALIGN_ONEPASS=$v timeout 80 python3 benchmarks/align.py --tokens 1024 4096 16384 \
+            --out "$OUT/onepass$v" > "$OUT/align_onepass$v.txt" 2>&1
+        echo "JAX_MOE_ALIGN_ONEPASS=$v"; grep -v "^  measured" "$OUT/align_onepass$v.txt" | tail -22
+      done ;;
     ncualign)  # stall reasons of the align kernels (device memory not preallocated: replay)
       timeout ${NCU_CAP:-200} ncu --clock-control none --kernel-name regex:Align --launch-count 21 --section LaunchStats \
           --section SpeedOfLight --section WarpStateStats --section SourceCounters \

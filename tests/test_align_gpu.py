@@ -1,6 +1,7 @@
 """moe_align_block_size on CUDA equals the CPU kernel bit for bit (marker gpu).
 
 Covers the CUDA paths (one warp's worth of routes, <= 32, and <= 1024 local
+experts; one pass of several CTAs for 1024 < numel <= 32768 and <= 1024 local
 experts; single block up to 8192 routes and <= 4096 local experts; multi block
 beyond) and their boundaries, all id dtypes, expert maps, vmapped batches, and
 repeated runs."""
@@ -191,14 +192,115 @@ def test_cuda_one_warp_id_dtypes(rng):
         check_one_warp(ids, 77, 8, "int64")
 
 
-def test_cuda_one_warp_vmap(rng):
+def check_vmap(rng, batch, numel, bs):
     # Problems of a batch on blockIdx.y, with batched ids and batched maps.
+    ids = random_ids(rng, (batch, numel), 64)
+    cpu, gpu = both(jax.vmap(lambda x: jax_moe.moe_align_block_size(x, 64, bs)), ids)
+    assert_same(cpu, gpu, f"vmap numel={numel} bs={bs}")
+    maps = rng.integers(-1, 20, size=(batch, 64)).astype(np.int32)
+    g = jax.vmap(lambda x, m: jax_moe.moe_align_block_size(x, 64, bs, expert_map=m,
+                                                           num_local_experts=20))
+    cpu, gpu = both(g, ids, maps)
+    assert_same(cpu, gpu, f"vmap map numel={numel} bs={bs}")
+
+
+def test_cuda_one_warp_vmap(rng):
     for numel, bs in [(7, 4), (32, 1), (32, 200)]:
-        ids = random_ids(rng, (6, numel), 64)
-        cpu, gpu = both(jax.vmap(lambda x: jax_moe.moe_align_block_size(x, 64, bs)), ids)
-        assert_same(cpu, gpu, f"vmap numel={numel} bs={bs}")
-        maps = rng.integers(-1, 20, size=(6, 64)).astype(np.int32)
-        g = jax.vmap(lambda x, m: jax_moe.moe_align_block_size(x, 64, bs, expert_map=m,
-                                                               num_local_experts=20))
-        cpu, gpu = both(g, ids, maps)
-        assert_same(cpu, gpu, f"vmap map numel={numel} bs={bs}")
+        check_vmap(rng, 6, numel, bs)
+
+
+# The one-pass path (cc/align/align_onepass.cu): 1024 < numel <= 32768 routes and
+# <= 1024 local experts, one launch of ceil(numel / 1024) CTAs, each ranking a
+# chunk (a multiple of 32 routes) after counting all routes. Both bounds, chunk
+# boundaries (1056 = 2 chunks of 544 and 512; 31745 = 32 chunks of 1024, the
+# last one route) and the neighbours' sizes.
+ONE_PASS_NUMELS = [1024, 1025, 1056, 1057, 2048, 2049, 8192, 8193, 16385, 31745, 32767, 32768,
+                   32769]
+
+
+def check_one_pass(ids, E, bs, what, emap=None, L=None, **kw):
+    pad = kw.get("pad_sorted_ids", False)
+    if emap is None:
+        f = lambda x: jax_moe.moe_align_block_size(x, E, bs, **kw)
+        cpu, gpu = both(f, ids)
+    else:
+        f = lambda x, m: jax_moe.moe_align_block_size(x, E, bs, expert_map=m,
+                                                      num_local_experts=L, **kw)
+        cpu, gpu = both(f, ids, emap)
+    assert_same(cpu, gpu, what)
+    assert_same(gpu, align_reference(ids, E, bs, emap, L, pad_sorted_ids=pad), what)
+
+
+@pytest.mark.parametrize("numel", ONE_PASS_NUMELS)
+def test_cuda_one_pass_path(rng, numel):
+    for E, bs in [(1, 1), (8, 3), (15, 16), (64, 128), (256, 64), (1024, 1), (1024, 256),
+                  (1025, 16)]:
+        ids = random_ids(rng, (numel,), E)
+        check_one_pass(ids, E, bs, f"numel={numel} E={E} bs={bs}",
+                       pad_sorted_ids=bool(rng.integers(2)))
+
+
+def test_cuda_one_pass_skewed(rng):
+    # One expert for every route (one warp-aggregated or same-address count per
+    # step), a few hot experts, every route dropped, routes only in the last chunk.
+    numel = 5000
+    hot = rng.choice([3, 40, 63], numel)
+    last = np.full(numel, -1)
+    last[-7:] = [5, 5, 0, 63, 5, 1, 0]
+    for ids, bs in [(np.full(numel, 9), 16), (hot, 128), (np.full(numel, 64), 3), (last, 64),
+                    (np.where(rng.random(numel) < .5, hot, rng.integers(0, 64, numel)), 1)]:
+        for pad in (False, True):
+            check_one_pass(np.asarray(ids, np.int32), 64, bs, f"bs={bs}", pad_sorted_ids=pad)
+    ids = np.where(rng.random(numel) < .9, 2, rng.integers(0, 8, numel)).astype(np.int32)
+    check_one_pass(ids, 8, 16, "E=8 skewed")
+
+
+def test_cuda_one_pass_expert_map(rng):
+    # L from the map (1024 with E 1100 takes the path; 1025 does not), map
+    # entries -1, >= L and far out of range, ids out of range.
+    for numel, E, L in [(1500, 64, 8), (8192, 256, 200), (20000, 1100, 1024),
+                        (20000, 1100, 1025), (32768, 2000, 1)]:
+        emap = rng.integers(0, L, size=E)
+        wild = rng.choice([-1, -7, L, L + 5, np.iinfo(np.int32).max, np.iinfo(np.int32).min], E)
+        emap = np.where(rng.random(E) < .4, wild, emap).astype(np.int32)
+        ids = random_ids(rng, (numel,), E)
+        for bs in (1, 16, 300):
+            check_one_pass(ids, E, bs, f"map numel={numel} E={E} L={L} bs={bs}", emap, L,
+                           pad_sorted_ids=True)
+
+
+def test_cuda_one_pass_large_padding(rng):
+    # P far above numel: 2048 routes over 1024 experts at bs 4097 is ~4M slots,
+    # 128 CTAs of which 126 only count and fill.
+    ids = rng.permutation(np.arange(2048) % 1024).astype(np.int32)
+    ids[::7] = -1
+    check_one_pass(ids, 1024, 4097, "bs=4097", pad_sorted_ids=True)
+
+
+def test_cuda_one_pass_id_dtypes(rng):
+    ids = random_ids(rng, (3000,), 77, np.uint32)
+    ids[:2] = [np.iinfo(np.uint32).max, 77]
+    check_one_pass(ids, 77, 8, "uint32")
+    check_one_pass(random_ids(rng, (2049,), 100, np.int8), 100, 2, "int8")
+    check_one_pass(random_ids(rng, (4096, 8), 256, np.int16), 256, 64, "int16 4096 x 8")
+    with jax.enable_x64(True):
+        ids = random_ids(rng, (4096, 2), 77, np.int64)
+        ids[0, :2] = [2**40, -2**40]
+        ids[1, :2] = [77 + 2**32, 3 + 2**32]
+        check_one_pass(ids, 77, 8, "int64")
+
+
+def test_cuda_one_pass_vmap(rng):
+    for numel, bs in [(1100, 4), (8192, 128), (32768, 64)]:
+        check_vmap(rng, 3, numel, bs)
+
+
+def test_cuda_one_pass_seed_shapes_repeated(rng):
+    # The targets' shapes, several runs: bit-identical every time.
+    for (T, K, E, bs) in [(4096, 2, 64, 128), (4096, 8, 256, 64)]:
+        ids = jax.device_put(random_ids(rng, (T, K), E), jax.devices("cuda")[0])
+        f = jax.jit(lambda x: jax_moe.moe_align_block_size(x, E, bs))
+        first = [np.asarray(o) for o in f(ids)]
+        assert_same(first, align_reference(np.asarray(ids), E, bs))
+        for _ in range(3):
+            assert_same(first, [np.asarray(o) for o in f(ids)])
