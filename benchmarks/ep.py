@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from jax_moe import _ep_kernels as K_  # noqa: E402
-from timing import measure  # noqa: E402
+from timing import copy_op, measure  # noqa: E402
 
 R, H, E, K = 8, 7168, 256, 8
 EL = E // R
@@ -97,7 +97,7 @@ def main(argv=None):
         ]
         chain = 3 if t > 1024 else 10  # distinct operand copies must fit the GPU
         big = jnp.asarray(rng.standard_normal((max(m, 1) * 4, H)), jnp.bfloat16)
-        copy_us = per_call_us(lambda a: a * jnp.asarray(-1, a.dtype), (big,), chain)
+        copy_us = per_call_us(copy_op, (big,), chain)
         copy_gbs = 2 * nbytes(big) / copy_us / 1e3
         # Reading alone runs faster than a copy's read+write mix on HBM: read-heavy
         # kernels (the sum over ranks reads ~5 rows per row written) can pass 100%.
@@ -112,7 +112,7 @@ def main(argv=None):
             # A copy moving the kernel's bytes (half read, half written): at small T
             # both pay the same launch and latency, which the large copy hides.
             same = jnp.asarray(rng.standard_normal(max(b // 4, 1)), jnp.bfloat16)
-            same_us = per_call_us(lambda v: v * jnp.asarray(-1, v.dtype), (same,), chain)
+            same_us = per_call_us(copy_op, (same,), chain)
             print(f"  {name:24s} {us:9.1f} {gbs:8.0f} {gbs / copy_gbs:8.0%} {zeros / b:10.0%} "
                   f"{same_us:19.1f} {same_us / us:6.0%}")
 

@@ -36,13 +36,18 @@ def assert_forward_close(gpu, cpu):
     """Every leaf: float32 within 2e-5 relative (the hardware exp's error at
     |g| ~ 80; a few 1e-7 for typical g), 16-bit floats and FP8 codes within one
     step, FP8 scales within 2e-5 relative. The error never exceeds that of the
-    result's own rounding, so the steps are the test."""
+    result's own rounding, so the steps are the test. Magnitudes under 1e-30
+    count as zero: the hardware division may flush quotients by divisors over
+    2^126 (g below about -87.3, where silu is under 1e-36)."""
+    tiny = 1e-30
     for g, c in zip(jax.tree.leaves(gpu), jax.tree.leaves(cpu), strict=True):
         assert g.dtype == c.dtype and g.shape == c.shape
         if g.dtype == np.float32:
-            np.testing.assert_allclose(g, c, rtol=2e-5, atol=1e-37)
+            np.testing.assert_allclose(g, c, rtol=2e-5, atol=tiny)
         else:
-            assert _steps_apart(g, c).max(initial=0) <= 1
+            mag = lambda x: np.abs(x.astype(np.float32))
+            both_tiny = (mag(g) <= tiny) & (mag(c) <= tiny)
+            assert _steps_apart(g, c)[~both_tiny].max(initial=0) <= 1
 
 
 def _close(f, *args):

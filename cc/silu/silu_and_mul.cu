@@ -101,8 +101,9 @@ __device__ __forceinline__ void ForEachStep(const SiluProblem& p, int64_t vpr, b
 
 // silu(g) * u with the hardware exp (ex2.approx) and division (rcp.approx):
 // relative error a few 1e-7 for |g| < 10, growing to ~1e-5 at |g| ~ 80 where
-// silu is either g itself or vanishingly small. g < -88: exp overflows, the
-// quotient is -0 (the true value is under 1e-36). NaN stays NaN.
+// silu is either g itself or vanishingly small. Below g ~ -87.3 the divisor
+// passes 2^126, where the fast division may return 0 (the true silu is under
+// 1e-36); below -88.7 exp overflows and the quotient is -0. NaN stays NaN.
 __device__ __forceinline__ float SiluMulFast(float g, float u) {
   return __fdividef(g, 1.0f + __expf(-g)) * u;
 }
