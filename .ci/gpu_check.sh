@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the H200 session runs, in one call of the device tool:
-#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|benchep|benchdispatch|benchmulti] [ncualign] [racecheck]
+#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
 # (.ci/sanitize.py), and the benchmarks (align, ep, dispatch; benchmulti: EP over all
@@ -39,17 +39,24 @@ for stage in $stages; do
     benchalign)  # the align table over every token count of the issue
       timeout 200 python3 benchmarks/align.py --out "$OUT" > "$OUT/align.txt" 2>&1
       grep -v "^  measured" "$OUT/align.txt" | tail -32 ;;
-    onepassab)  # the one-pass align path (default) against the paths it replaces
-      for v in 1 0; do
-        JAX_MOE_ALIGN_ONEPASS=$v timeout 80 python3 benchmarks/align.py --tokens 1024 4096 16384 \
-            --out "$OUT/onepass$v" > "$OUT/align_onepass$v.txt" 2>&1
-        echo "JAX_MOE_ALIGN_ONEPASS=$v"; grep -v "^  measured" "$OUT/align_onepass$v.txt" | tail -22
+    onepassab)  # the one-pass align path's rule against forcing it everywhere / off
+      for v in "" "JAX_MOE_ALIGN_ONEPASS=all" "JAX_MOE_ALIGN_ONEPASS=0" \
+               "JAX_MOE_ALIGN_ONEPASS=all JAX_MOE_ALIGN_AGGREGATE_BITS=0" \
+               "JAX_MOE_ALIGN_ONEPASS=all JAX_MOE_ALIGN_ONEPASS_CHUNK=256"; do
+        echo "--- ${v:-default}"
+        env $v timeout 90 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-16 128 1024 4096 16384} \
+            --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
       done ;;
     ncualign)  # stall reasons of the align kernels (device memory not preallocated: replay)
       timeout ${NCU_CAP:-200} ncu --clock-control none --kernel-name regex:Align --launch-count 21 --section LaunchStats \
           --section SpeedOfLight --section WarpStateStats --section SourceCounters \
-          python3 .ci/ncu_align.py > "$OUT/ncu_align.txt" 2>&1
+          python3 .ci/ncu_align.py ${NCU_SHAPES:-} > "$OUT/ncu_align.txt" 2>&1
       grep -E "Align|Duration|Stall|Warp Cycles" "$OUT/ncu_align.txt" | head -60 ;;
+    ncuep)  # the EP combines at 128 tokens per rank (memory throughput, stalls)
+      timeout ${NCU_CAP:-120} ncu --clock-control none --kernel-name regex:EpCombine --launch-count 6 \
+          --section SpeedOfLight --section WarpStateStats --section LaunchStats --section Occupancy \
+          --section MemoryWorkloadAnalysis python3 .ci/ncu_ep.py > "$OUT/ncu_ep.txt" 2>&1
+      grep -E "EpCombine|Duration|Throughput|Stall|Warp Cycles|Achieved|Block Limit|Grid Size|Registers" "$OUT/ncu_ep.txt" | head -60 ;;
     benchep)
       timeout 90 python3 benchmarks/ep.py 2>&1 | tail -30 | tee "$OUT/ep.txt" ;;
     benchdispatch)

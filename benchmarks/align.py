@@ -38,7 +38,7 @@ PEERS_US = {(1, 2, 64, 128): 1.3, (128, 2, 64, 128): 2.4, (4096, 2, 64, 128): 6.
 ONEHOT_MAX_BYTES = 1 << 28  # skip the one-hot formulation beyond 256 MB of one-hot
 
 
-def bench_one(tokens, E, K, bs, device, rng):
+def bench_one(tokens, E, K, bs, device, rng, ours_only=False):
     def make(i):
         return (rng.integers(0, E, size=(tokens, K), dtype=np.int32),)
     ours = lambda ids: jax_moe.moe_align_block_size(ids, E, bs)
@@ -46,15 +46,18 @@ def bench_one(tokens, E, K, bs, device, rng):
     m = measure(ours, make, device=device)
     row.update(ours_us=m["us"], ours_span_us=m["span_us"], ours_kernels=m["kernels"],
                ours_by_kernel_us=m["by_kernel_us"])
+    row["peer_us"] = PEERS_US.get((tokens, K, E, bs))
+    row["onehot_us"] = row["onehot_span_us"] = row["best_jax_us"] = row["speedup_vs_jax"] = None
+    if ours_only:
+        row["argsort_us"] = row["argsort_span_us"] = None
+        return row
     m = measure(lambda ids: align_argsort(ids, E, bs), make, device=device)
     row.update(argsort_us=m["us"], argsort_span_us=m["span_us"])
-    row["onehot_us"] = row["onehot_span_us"] = None
     if tokens * K * E * 4 <= ONEHOT_MAX_BYTES:
         m = measure(lambda ids: align_onehot(ids, E, bs), make, device=device)
         row.update(onehot_us=m["us"], onehot_span_us=m["span_us"])
     row["best_jax_us"] = min(v for v in (row["argsort_us"], row["onehot_us"]) if v is not None)
     row["speedup_vs_jax"] = row["best_jax_us"] / max(row["ours_us"], 1e-9)
-    row["peer_us"] = PEERS_US.get((tokens, K, E, bs))
     return row
 
 
@@ -107,6 +110,8 @@ def main(argv=None):
     ap.add_argument("--backend", default=None, help="gpu or cpu (default: jax's default)")
     ap.add_argument("--tokens", type=int, nargs="*", default=None)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--ours-only", action="store_true",
+                    help="skip the pure-JAX baselines (A/B runs of our kernels; no plot)")
     args = ap.parse_args(argv)
     device = jax.devices(args.backend)[0] if args.backend else jax.devices()[0]
     tokens = args.tokens or (TOKENS if device.platform != "cpu" else TOKENS[:5])
@@ -114,10 +119,10 @@ def main(argv=None):
     rows = []
     for (E, K, bs) in CONFIGS:
         for t in tokens:
-            rows.append(bench_one(t, E, K, bs, device, rng))
+            rows.append(bench_one(t, E, K, bs, device, rng, args.ours_only))
             r = rows[-1]
             print(f"  measured tokens={t} E={E}: ours {r['ours_us']:.2f} us, best pure JAX "
-                  f"{r['best_jax_us']:.1f} us", flush=True)
+                  f"{fmt(r['best_jax_us'])} us", flush=True)
             if r["ours_by_kernel_us"]:
                 print("    " + ", ".join(f"{k} {v:.2f}" for k, v in r["ours_by_kernel_us"].items()))
     meta = {"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
@@ -130,6 +135,9 @@ def main(argv=None):
     stem = os.path.join(args.out, f"align_{device.platform}")
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    if args.ours_only:
+        print(f"wrote {stem}.json")
+        return
     plot(rows, stem + ".png", title)
     print(f"wrote {stem}.json and {stem}.png")
 

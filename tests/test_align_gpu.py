@@ -6,6 +6,9 @@ experts; single block up to 8192 routes and <= 4096 local experts; multi block
 beyond) and their boundaries, all id dtypes, expert maps, vmapped batches, and
 repeated runs."""
 import itertools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -213,7 +216,8 @@ def test_cuda_one_warp_vmap(rng):
 # <= 1024 local experts, one launch of ceil(numel / 1024) CTAs, each ranking a
 # chunk (a multiple of 32 routes) after counting all routes. Both bounds, chunk
 # boundaries (1056 = 2 chunks of 544 and 512; 31745 = 32 chunks of 1024, the
-# last one route) and the neighbours' sizes.
+# last one route) and the neighbours' sizes. (Above 8192 routes, L <= 16 takes
+# the multi-block path by default; test_cuda_one_pass_forced covers it there.)
 ONE_PASS_NUMELS = [1024, 1025, 1056, 1057, 2048, 2049, 8192, 8193, 16385, 31745, 32767, 32768,
                    32769]
 
@@ -275,6 +279,16 @@ def test_cuda_one_pass_large_padding(rng):
     ids = rng.permutation(np.arange(2048) % 1024).astype(np.int32)
     ids[::7] = -1
     check_one_pass(ids, 1024, 4097, "bs=4097", pad_sorted_ids=True)
+
+
+def test_cuda_one_pass_forced(rng):
+    # JAX_MOE_ALIGN_ONEPASS=all (benchmark A/B) gives the one-pass kernel every size
+    # above the one-warp path: it must stay exact there too (own process: the
+    # variable is read once).
+    env = dict(os.environ, JAX_MOE_ALIGN_ONEPASS="all")
+    run = subprocess.run([sys.executable, "align_one_pass_forced.py", str(rng.integers(1 << 30))],
+                         cwd=os.path.dirname(__file__), env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_cuda_one_pass_id_dtypes(rng):

@@ -24,7 +24,7 @@
 //   block owners. No global atomics on expert counters.
 // JAX_MOE_ALIGN_RANKING=sort forces the tile sort everywhere (A/B tests);
 // JAX_MOE_ALIGN_ONEPASS=0 turns the one-pass path off (its sizes take the
-// single-CTA and multi-block paths again).
+// single-CTA and multi-block paths again); see UseOnePass.
 #include <cub/block/block_scan.cuh>
 
 #include <cstdlib>
@@ -121,14 +121,22 @@ bool SortRankingForced() {
   return v != nullptr && std::strcmp(v, "sort") == 0;
 }
 
-// JAX_MOE_ALIGN_ONEPASS=0 disables the one-pass path (A/B testing; read once
-// per process).
-bool OnePassEnabled() {
-  static const bool enabled = [] {
+// Whether the one-pass path takes a problem. Default: kOnePassMinRoutes < numel
+// <= kOnePassMaxRoutes, except few local experts (L <= 16) above 8192 routes,
+// where the redundant count of every CTA costs more than the three-launch path
+// saves (H200: 16384 x 2, E 8: 29.0 us one pass vs 14.0). JAX_MOE_ALIGN_ONEPASS
+// (A/B testing, read once per process): "0" off, "all" every size above the
+// one-warp path up to kOnePassMaxRoutes.
+bool UseOnePass(int64_t numel, int32_t L) {
+  static const int mode = [] {
     const char* v = std::getenv("JAX_MOE_ALIGN_ONEPASS");
-    return v == nullptr || std::strcmp(v, "0") != 0;
+    if (v == nullptr) return 1;
+    if (std::strcmp(v, "0") == 0) return 0;
+    return std::strcmp(v, "all") == 0 ? 2 : 1;
   }();
-  return enabled;
+  if (numel > kOnePassMaxRoutes || mode == 0) return false;
+  if (mode == 2) return numel > kOneWarpMaxRoutes;
+  return numel > kOnePassMinRoutes && (L > 16 || numel <= 8192);
 }
 
 }  // namespace
@@ -139,9 +147,7 @@ cudaError_t LaunchAlignCuda(const AlignCudaArgs& a, cudaStream_t stream) {
   const int32_t L = p.num_local;
   const bool warp_rank = L <= kWarpRankMaxExperts && !SortRankingForced();
   if (warp_rank && p.numel <= kOneWarpMaxRoutes) return LaunchOneWarpAlign(a, stream);
-  if (warp_rank && p.numel > kOnePassMinRoutes && p.numel <= kOnePassMaxRoutes &&
-      OnePassEnabled())
-    return LaunchOnePassAlign(a, stream);
+  if (warp_rank && UseOnePass(p.numel, L)) return LaunchOnePassAlign(a, stream);
   if (p.numel <= kSmallTile) {
     if (warp_rank) return LaunchWarpRankSmall(a, stream);
     if (L <= kSmallMaxExperts) return LaunchSortSmall(a, stream);

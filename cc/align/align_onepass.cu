@@ -18,6 +18,8 @@
 // is large) only count and fill.
 #include <cub/block/block_scan.cuh>
 
+#include <cstdlib>
+
 #include "align/align_device.cuh"
 #include "align/align_launch.h"
 #include "align/align_walk.cuh"
@@ -46,10 +48,11 @@ static_assert(kOnePassChunk < (1 << 16), "ranks are packed in 16 bits");
 static_assert(kOnePassMaxRoutes < (int64_t{1} << 31), "route indices are int32");
 
 // Routes of each ranking CTA's chunk: numel spread evenly over
-// ceil(numel / kOnePassChunk) CTAs, rounded up to a warp step (so a warp step of
-// the count is entirely before a chunk or not). Host and device agree.
-__host__ __device__ inline int32_t OnePassChunk(int64_t numel) {
-  const int64_t ctas = CeilDiv(numel, kOnePassChunk);
+// ceil(numel / max_chunk) CTAs, rounded up to a warp step (so a warp step of
+// the count is entirely before a chunk or not). The launcher passes it to the
+// kernel.
+inline int32_t OnePassChunk(int64_t numel, int64_t max_chunk) {
+  const int64_t ctas = CeilDiv(numel, max_chunk);
   return static_cast<int32_t>(CeilDiv(CeilDiv(numel, ctas > 0 ? ctas : 1), 32) * 32);
 }
 
@@ -101,14 +104,14 @@ __device__ void FillShare(const int32_t* pstart, const int32_t* total, int32_t L
 }
 
 template <typename Id>
-__global__ void __launch_bounds__(kOnePassThreads) AlignOnePassKernel(AlignCudaArgs a) {
+__global__ void __launch_bounds__(kOnePassThreads)
+    AlignOnePassKernel(AlignCudaArgs a, int32_t chunk, int aggregate_max_bits) {
   extern __shared__ __align__(16) int32_t smem[];
   __shared__ typename cub::BlockScan<long long, kOnePassThreads>::TempStorage scan_tmp;
   const AlignProblem& p = a.problem;
   const int32_t L = p.num_local;
   const int32_t numel = static_cast<int32_t>(p.numel);  // <= kOnePassMaxRoutes
   const ProblemPtrs q = PtrsOf(a);
-  const int32_t chunk = OnePassChunk(numel);
   // CTAs past the last chunk (fill only) rank nothing.
   const int32_t begin = static_cast<int32_t>(min(int64_t{blockIdx.x} * chunk, int64_t{numel}));
   const int32_t n = min(begin + chunk, numel) - begin;
@@ -124,7 +127,7 @@ __global__ void __launch_bounds__(kOnePassThreads) AlignOnePassKernel(AlignCudaA
   for (int32_t k = threadIdx.x; k < W * L; k += kOnePassThreads) whist[k] = 0;
   __syncthreads();
   const int bits = LaneBits(L);
-  const bool aggregate = bits <= kAggregateMaxBits;  // uniform over the CTA
+  const bool aggregate = bits <= aggregate_max_bits;  // uniform over the CTA
   ForLanes<kCountItems>(
       static_cast<const Id*>(q.ids), 0, numel, p.num_experts, q.expert_map, L,
       [&](int64_t k64, int32_t e) {
@@ -154,11 +157,29 @@ __global__ void __launch_bounds__(kOnePassThreads) AlignOnePassKernel(AlignCudaA
   ScatterTile(tile, n, per, L, whist, nullptr, begin, q.sorted);
 }
 
+// A/B overrides, read once: JAX_MOE_ALIGN_AGGREGATE_BITS for kAggregateMaxBits,
+// JAX_MOE_ALIGN_ONEPASS_CHUNK for kOnePassChunk (a multiple of 32 in [32, 1024]).
+int EnvInt(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? std::atoi(v) : fallback;
+}
+int AggregateMaxBits() {
+  static const int bits = EnvInt("JAX_MOE_ALIGN_AGGREGATE_BITS", kAggregateMaxBits);
+  return bits;
+}
+int64_t MaxChunk() {
+  static const int64_t chunk = [] {
+    const int v = EnvInt("JAX_MOE_ALIGN_ONEPASS_CHUNK", kOnePassChunk);
+    return v >= 32 && v <= kOnePassChunk && v % 32 == 0 ? int64_t{v} : kOnePassChunk;
+  }();
+  return chunk;
+}
+
 }  // namespace
 
 cudaError_t LaunchOnePassAlign(const AlignCudaArgs& a, cudaStream_t stream) {
   const AlignProblem& p = a.problem;
-  const int32_t chunk = OnePassChunk(p.numel);
+  const int32_t chunk = OnePassChunk(p.numel, MaxChunk());
   const int64_t ranking = CeilDiv(p.numel, chunk);
   const int64_t fill = FillCtas(p.padded_len);
   const dim3 grid(static_cast<unsigned>(ranking > fill ? ranking : fill),
@@ -168,7 +189,7 @@ cudaError_t LaunchOnePassAlign(const AlignCudaArgs& a, cudaStream_t stream) {
     auto kernel = AlignOnePassKernel<decltype(id)>;
     const cudaError_t err = AllowSharedBytes(kernel, bytes);
     if (err != cudaSuccess) return err;
-    kernel<<<grid, kOnePassThreads, bytes, stream>>>(a);
+    kernel<<<grid, kOnePassThreads, bytes, stream>>>(a, chunk, AggregateMaxBits());
     return cudaGetLastError();
   });
 }
