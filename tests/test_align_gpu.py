@@ -1,7 +1,7 @@
 """moe_align_block_size on CUDA equals the CPU kernel bit for bit (marker gpu).
 
 Covers the CUDA paths (one warp's worth of routes, <= 32, and <= 1024 local
-experts; one pass of several CTAs for 1024 < numel <= 32768 and <= 1024 local
+experts; one pass of several CTAs for 512 < numel <= 32768 and <= 1024 local
 experts; single block up to 8192 routes and <= 4096 local experts; multi block
 beyond) and their boundaries, all id dtypes, expert maps, vmapped batches, and
 repeated runs."""
@@ -212,14 +212,15 @@ def test_cuda_one_warp_vmap(rng):
         check_vmap(rng, 6, numel, bs)
 
 
-# The one-pass path (cc/align/align_onepass.cu): 1024 < numel <= 32768 routes and
-# <= 1024 local experts, one launch of ceil(numel / 1024) CTAs, each ranking a
+# The one-pass path (cc/align/align_onepass.cu): 512 < numel <= 32768 routes and
+# <= 1024 local experts, one launch of ceil(numel / 256) CTAs, each ranking a
 # chunk (a multiple of 32 routes) after counting all routes. Both bounds, chunk
-# boundaries (1056 = 2 chunks of 544 and 512; 31745 = 32 chunks of 1024, the
-# last one route) and the neighbours' sizes. (Above 8192 routes, L <= 16 takes
-# the multi-block path by default; test_cuda_one_pass_forced covers it there.)
-ONE_PASS_NUMELS = [1024, 1025, 1056, 1057, 2048, 2049, 8192, 8193, 16385, 31745, 32767, 32768,
-                   32769]
+# boundaries (545 = 3 chunks of 192, 192 and 161; 31745 = 125 chunks of 256,
+# the last one 1 route; 32767) and the neighbours' sizes. (Above 8192 routes,
+# L <= 16 takes the multi-block path by default; test_cuda_one_pass_forced
+# covers it there.)
+ONE_PASS_NUMELS = [512, 513, 544, 545, 1024, 1025, 2048, 2049, 8192, 8193, 16385, 31745, 32767,
+                   32768, 32769]
 
 
 def check_one_pass(ids, E, bs, what, emap=None, L=None, **kw):
@@ -275,7 +276,7 @@ def test_cuda_one_pass_expert_map(rng):
 
 def test_cuda_one_pass_large_padding(rng):
     # P far above numel: 2048 routes over 1024 experts at bs 4097 is ~4M slots,
-    # 128 CTAs of which 126 only count and fill.
+    # 128 CTAs of which 120 only count and fill.
     ids = rng.permutation(np.arange(2048) % 1024).astype(np.int32)
     ids[::7] = -1
     check_one_pass(ids, 1024, 4097, "bs=4097", pad_sorted_ids=True)

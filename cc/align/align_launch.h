@@ -17,12 +17,12 @@ constexpr int32_t kWarpRankMaxExperts = 1024;
 constexpr int64_t kOneWarpMaxRoutes = 32;
 cudaError_t LaunchOneWarpAlign(const AlignCudaArgs& a, cudaStream_t stream);
 // One launch of several CTAs without inter-CTA communication (align_onepass.cu),
-// kOnePassMinRoutes < numel <= kOnePassMaxRoutes, num_local <= kWarpRankMaxExperts:
-// every CTA counts all routes and ranks its own chunk of <= 1024. Below, one
-// chunk (one CTA) is the single-CTA path's case; above, every CTA would count
-// more than 32768 routes (64 per thread) and read numel * CTAs ids from L2,
-// growing with numel squared.
-constexpr int64_t kOnePassMinRoutes = 1024;
+// kOnePassMinRoutes < numel <= kOnePassMaxRoutes, num_local <= kWarpRankMaxExperts
+// (and the exception in align.cu's UseOnePass): every CTA counts all routes and
+// ranks its own chunk of <= 256. Above, every CTA would count more than 32768
+// routes (64 per thread) and read numel * CTAs ids from L2, growing with numel
+// squared.
+constexpr int64_t kOnePassMinRoutes = 512;
 constexpr int64_t kOnePassMaxRoutes = 32768;
 cudaError_t LaunchOnePassAlign(const AlignCudaArgs& a, cudaStream_t stream);
 // One launch for numel <= align_plan::kSmallTile.

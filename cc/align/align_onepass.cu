@@ -3,8 +3,8 @@
 // no communication between CTAs ("redundant histogram").
 //
 // CTA c of a problem ranks the routes of its chunk [c * chunk, (c + 1) * chunk).
-// Every CTA loads ALL ids of its problem (coalesced, 16 loads in flight per
-// thread) and counts them in shared memory twice over: the routes before its
+// Every CTA loads ALL ids of its problem (coalesced, kCountItems loads in flight
+// per thread) and counts them in shared memory twice over: the routes before its
 // chunk (before[e]) and the others, which becomes all routes (total[e]). Counts
 // do not depend on the order of the shared-memory atomics, so every CTA gets the
 // same totals and, from the same scan, the same padded expert starts and
@@ -31,17 +31,18 @@ using namespace align_device;
 
 constexpr int kOnePassThreads = 512;
 constexpr int kOnePassWarps = kOnePassThreads / 32;
-// Routes ranked per CTA at most (a multiple of 32, <= 4 walk steps per warp).
-constexpr int64_t kOnePassChunk = 1024;
+// Routes ranked per CTA at most (a multiple of 32). H200 A/B (all sizes on this
+// path): 256 beats 1024 by 0.7-2.4 us from 1024 to 32768 routes (seed 9.8 ->
+// 9.0 us; 128 x 8, E 1024: 9.2 -> 8.2): more CTAs share the ranking while each
+// still counts every route.
+constexpr int64_t kOnePassChunk = 256;
 // Loads in flight per thread while counting: 6144 routes a round (16 spill on
 // sm_80 for 1- and 8-byte ids).
 constexpr int kCountItems = 12;
-// Counting: with few lane bits the ballots of MatchLanes are cheap and the
-// lanes of a warp step share few experts (a plain shared atomic per route would
-// serialize on them), so the warp aggregates: one atomic per distinct expert.
-// With more bits (L >= 16) the ballots cost more than the rare same-address
-// conflicts of a plain atomic per route. To be measured (ncu, E 8 vs E 64).
-constexpr int kAggregateMaxBits = 4;
+// Counting is one plain shared atomic per route. Warp aggregation (one atomic
+// per distinct expert of a warp step, from MatchLanes ballots) was measured
+// slower even at E 8, where same-address atomics conflict most (H200, 4096 x 2:
+// 11.4 us aggregated, 8.7 us plain; 16384 x 2: 29.0 vs 20.7).
 
 static_assert(kOnePassChunk % 32 == 0, "chunks start at a warp step");
 static_assert(kOnePassChunk < (1 << 16), "ranks are packed in 16 bits");
@@ -105,7 +106,7 @@ __device__ void FillShare(const int32_t* pstart, const int32_t* total, int32_t L
 
 template <typename Id>
 __global__ void __launch_bounds__(kOnePassThreads)
-    AlignOnePassKernel(AlignCudaArgs a, int32_t chunk, int aggregate_max_bits) {
+    AlignOnePassKernel(AlignCudaArgs a, int32_t chunk) {
   extern __shared__ __align__(16) int32_t smem[];
   __shared__ typename cub::BlockScan<long long, kOnePassThreads>::TempStorage scan_tmp;
   const AlignProblem& p = a.problem;
@@ -126,20 +127,12 @@ __global__ void __launch_bounds__(kOnePassThreads)
   for (int32_t e = threadIdx.x; e < L; e += kOnePassThreads) before[e] = total[e] = 0;
   for (int32_t k = threadIdx.x; k < W * L; k += kOnePassThreads) whist[k] = 0;
   __syncthreads();
-  const int bits = LaneBits(L);
-  const bool aggregate = bits <= aggregate_max_bits;  // uniform over the CTA
   ForLanes<kCountItems>(
       static_cast<const Id*>(q.ids), 0, numel, p.num_experts, q.expert_map, L,
       [&](int64_t k64, int32_t e) {
         const int32_t k = static_cast<int32_t>(k64);
         if (static_cast<uint32_t>(k - begin) < static_cast<uint32_t>(n)) tile[k - begin] = e;
-        int32_t* count = k < begin ? before : total;  // uniform over the warp step
-        if (aggregate) {
-          const unsigned peers = MatchLanes(e, bits);
-          if (e < L && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&count[e], __popc(peers));
-        } else if (e < L) {
-          atomicAdd(&count[e], 1);
-        }
+        if (e < L) atomicAdd(k < begin ? &before[e] : &total[e], 1);
       });
   __syncthreads();
   for (int32_t e = threadIdx.x; e < L; e += kOnePassThreads) total[e] += before[e];
@@ -157,20 +150,13 @@ __global__ void __launch_bounds__(kOnePassThreads)
   ScatterTile(tile, n, per, L, whist, nullptr, begin, q.sorted);
 }
 
-// A/B overrides, read once: JAX_MOE_ALIGN_AGGREGATE_BITS for kAggregateMaxBits,
-// JAX_MOE_ALIGN_ONEPASS_CHUNK for kOnePassChunk (a multiple of 32 in [32, 1024]).
-int EnvInt(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr ? std::atoi(v) : fallback;
-}
-int AggregateMaxBits() {
-  static const int bits = EnvInt("JAX_MOE_ALIGN_AGGREGATE_BITS", kAggregateMaxBits);
-  return bits;
-}
+// JAX_MOE_ALIGN_ONEPASS_CHUNK (A/B only, read once) overrides kOnePassChunk: a
+// multiple of 32 in [32, 1024] (the walk's 16-bit ranks allow far more).
 int64_t MaxChunk() {
   static const int64_t chunk = [] {
-    const int v = EnvInt("JAX_MOE_ALIGN_ONEPASS_CHUNK", kOnePassChunk);
-    return v >= 32 && v <= kOnePassChunk && v % 32 == 0 ? int64_t{v} : kOnePassChunk;
+    const char* v = std::getenv("JAX_MOE_ALIGN_ONEPASS_CHUNK");
+    const int c = v != nullptr ? std::atoi(v) : 0;
+    return c >= 32 && c <= 1024 && c % 32 == 0 ? int64_t{c} : kOnePassChunk;
   }();
   return chunk;
 }
@@ -189,7 +175,7 @@ cudaError_t LaunchOnePassAlign(const AlignCudaArgs& a, cudaStream_t stream) {
     auto kernel = AlignOnePassKernel<decltype(id)>;
     const cudaError_t err = AllowSharedBytes(kernel, bytes);
     if (err != cudaSuccess) return err;
-    kernel<<<grid, kOnePassThreads, bytes, stream>>>(a, chunk, AggregateMaxBits());
+    kernel<<<grid, kOnePassThreads, bytes, stream>>>(a, chunk);
     return cudaGetLastError();
   });
 }
