@@ -45,3 +45,12 @@ def test_ep_multi_benchmark(tmp_path):
     for op in ("| dispatch | ours |", "| combine | ours |", "| dispatch | baseline |",
                "| combine | baseline |"):
         assert op in text
+
+
+def test_align_benchmark_ours_only(tmp_path):
+    # The A/B mode (stage onepassab): our op only, no baselines, no plot.
+    text = run("align.py", "--backend", "cpu", "--tokens", "1", "--ours-only", "--out",
+               str(tmp_path))
+    rows = json.load(open(tmp_path / "align_cpu.json"))["rows"]
+    assert len(rows) == 4 and all(r["ours_us"] > 0 and r["argsort_us"] is None for r in rows)
+    assert not (tmp_path / "align_cpu.png").exists() and "wrote" in text
