@@ -2,7 +2,28 @@
 // CUDA runtime; imported by Python only when lowering for a CUDA backend.
 #include "common/module_table.h"
 
+#ifdef JAX_MOE_ALIGN_PHASES
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nanobind/stl/vector.h>
+
+#include "align/align_phases.h"
+#endif
+
 NB_MODULE(_jax_moe_cuda, m) {
   m.def("registrations", &jax_moe::Registrations,
         "Map of FFI target name -> handler capsule for platform 'CUDA'.");
+#ifdef JAX_MOE_ALIGN_PHASES
+  // Profiling builds only (align/align_phases.h): the one-pass kernel's clock64
+  // marks since the last call, [kPhaseCtas * kPhaseSlots], then zeroed.
+  m.attr("onepass_phase_slots") = jax_moe::kPhaseSlots;
+  m.def("onepass_phases", [] {
+    std::vector<int64_t> out(size_t{jax_moe::kPhaseCtas} * jax_moe::kPhaseSlots);
+    const int err = jax_moe::CopyOnePassPhases(out.data());
+    if (err != 0) throw std::runtime_error("onepass_phases: CUDA error " + std::to_string(err));
+    return out;
+  });
+#endif
 }

@@ -22,12 +22,30 @@
 
 #include "align/align_device.cuh"
 #include "align/align_launch.h"
+#include "align/align_phases.h"
 #include "align/align_walk.cuh"
 
 namespace jax_moe {
 namespace {
 
 using namespace align_device;
+
+#ifdef JAX_MOE_ALIGN_PHASES
+__device__ long long g_onepass_phases[kPhaseCtas][kPhaseSlots];
+// Profiling builds: thread 0 stamps mark i (the barrier before it makes it the
+// CTA's time, except for mark 5, thread 0's own fill share).
+#define ONEPASS_PHASE(i)                                                     \
+  do {                                                                       \
+    if (threadIdx.x == 0 && blockIdx.y == 0 && blockIdx.x < kPhaseCtas) {    \
+      g_onepass_phases[blockIdx.x][i] = clock64();                           \
+      if ((i) == 0) g_onepass_phases[blockIdx.x][kPhaseMarks] = gridDim.x;   \
+    }                                                                        \
+  } while (0)
+#else
+#define ONEPASS_PHASE(i) \
+  do {                   \
+  } while (0)
+#endif
 
 constexpr int kOnePassThreads = 512;
 constexpr int kOnePassWarps = kOnePassThreads / 32;
@@ -124,9 +142,11 @@ __global__ void __launch_bounds__(kOnePassThreads)
   int32_t* tile = pstart + (L + 1);       // [chunk] lanes of the chunk's routes
   int32_t* whist = tile + (chunk > 0 ? chunk : 1);  // [W, L] per-warp counts
 
+  ONEPASS_PHASE(0);
   for (int32_t e = threadIdx.x; e < L; e += kOnePassThreads) before[e] = total[e] = 0;
   for (int32_t k = threadIdx.x; k < W * L; k += kOnePassThreads) whist[k] = 0;
   __syncthreads();
+  ONEPASS_PHASE(1);
   ForLanes<kCountItems>(
       static_cast<const Id*>(q.ids), 0, numel, p.num_experts, q.expert_map, L,
       [&](int64_t k64, int32_t e) {
@@ -135,19 +155,28 @@ __global__ void __launch_bounds__(kOnePassThreads)
         if (e < L) atomicAdd(k < begin ? &before[e] : &total[e], 1);
       });
   __syncthreads();
+  ONEPASS_PHASE(2);
   for (int32_t e = threadIdx.x; e < L; e += kOnePassThreads) total[e] += before[e];
   WalkTile(tile, n, per, W, L, whist);
   __syncthreads();
+  ONEPASS_PHASE(3);
   ScanExperts<kOnePassThreads>(total, L, p.block_size, nullptr, pstart, scan_tmp);
   __syncthreads();
+  ONEPASS_PHASE(4);
   if (blockIdx.x == 0 && threadIdx.x == 0) *q.post_pad = pstart[L];
   FillShare(pstart, total, L, p, q.sorted, q.expert_ids);
+  ONEPASS_PHASE(5);
   // The chunk's first route of expert e goes to pstart[e] + before[e]. Same
   // thread per expert as in PrefixOverWarps: no barrier between them.
   for (int32_t e = threadIdx.x; e < L; e += kOnePassThreads) before[e] += pstart[e];
   PrefixOverWarps(whist, W, L, before);
   __syncthreads();
+  ONEPASS_PHASE(6);
   ScatterTile(tile, n, per, L, whist, nullptr, begin, q.sorted);
+#ifdef JAX_MOE_ALIGN_PHASES
+  __syncthreads();  // mark 7: the whole CTA is done
+#endif
+  ONEPASS_PHASE(7);
 }
 
 // JAX_MOE_ALIGN_ONEPASS_CHUNK (A/B only, read once) overrides kOnePassChunk: a
@@ -162,6 +191,16 @@ int64_t MaxChunk() {
 }
 
 }  // namespace
+
+#ifdef JAX_MOE_ALIGN_PHASES
+int CopyOnePassPhases(int64_t* out) {
+  static_assert(sizeof(long long) == sizeof(int64_t), "clock64 marks copy as int64");
+  cudaError_t err = cudaMemcpyFromSymbol(out, g_onepass_phases, sizeof(g_onepass_phases));
+  static const long long zeros[kPhaseCtas][kPhaseSlots] = {};
+  if (err == cudaSuccess) err = cudaMemcpyToSymbol(g_onepass_phases, zeros, sizeof(zeros));
+  return static_cast<int>(err);
+}
+#endif
 
 cudaError_t LaunchOnePassAlign(const AlignCudaArgs& a, cudaStream_t stream) {
   const AlignProblem& p = a.problem;

@@ -1,0 +1,64 @@
+"""Per-phase SM cycles of the one-pass align kernel (stage `alignphases` of
+.ci/gpu_check.sh; needs a profiling build: cmake.define.JAX_MOE_ALIGN_PHASES=ON).
+
+For each shape (`T,K,E,bs` arguments, default: the one-pass shapes of the
+benchmark) the op runs a few times; after each run the marks of every CTA are
+read back (cc/align/align_phases.h). Printed per phase: the median and the max
+over CTAs of that phase's cycles, medians over runs; 'total' is mark 7 - mark 0
+of each CTA, 'spread' the last CTA end minus the first CTA start (SM clocks are
+not synchronized across SMs, so spread is only indicative)."""
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_moe
+from jax_moe import _jax_moe_cuda as cuda_module
+
+PHASES = ["zero", "count", "walk", "scan", "fill", "prefix", "scatter"]
+DEFAULT = [(128, 8, 256, 64), (1024, 2, 64, 128), (4096, 2, 64, 128), (4096, 2, 8, 16),
+           (1024, 8, 256, 64), (4096, 8, 256, 64), (4096, 8, 1024, 64), (16384, 2, 64, 128)]
+RUNS = 7
+
+
+def read_marks():
+    slots = cuda_module.onepass_phase_slots
+    m = np.asarray(cuda_module.onepass_phases(), np.int64).reshape(-1, slots)
+    grid = int(m[0, slots - 1])
+    return m[:grid, : slots - 1]
+
+
+def main():
+    shapes = [tuple(int(v) for v in a.split(",")) for a in sys.argv[1:]] or DEFAULT
+    rng = np.random.default_rng(0)
+    print("SM cycles per phase of AlignOnePassKernel (median over CTAs / max over CTAs)")
+    print(f"{'shape T x K, E, bs':>22} {'CTAs':>5} | " + " | ".join(f"{p:>11}" for p in PHASES)
+          + f" | {'total':>11} | {'spread':>7}")
+    for T, K, E, bs in shapes:
+        ids = jnp.asarray(rng.integers(0, E, size=(T, K), dtype=np.int32))
+        f = jax.jit(lambda x: jax_moe.moe_align_block_size(x, E, bs))
+        jax.block_until_ready(f(ids))
+        read_marks()  # drop the compile-time runs
+        per_run = []
+        for _ in range(RUNS):
+            jax.block_until_ready(f(ids))
+            marks = read_marks()
+            if marks.size == 0 or not marks[:, 0].all():
+                print(f"{T} x {K}, {E}, {bs}: no one-pass launch recorded (another path)")
+                break
+            d = np.diff(marks, axis=1)
+            total = marks[:, -1] - marks[:, 0]
+            per_run.append(np.concatenate([np.median(d, 0), d.max(0), [np.median(total),
+                                           total.max(), marks[:, -1].max() - marks[:, 0].min()]]))
+        if not per_run:
+            continue
+        r = np.median(np.asarray(per_run), 0)
+        n = len(PHASES)
+        cells = " | ".join(f"{r[i]:5.0f}/{r[n + i]:5.0f}" for i in range(n))
+        print(f"{f'{T} x {K}, {E}, {bs}':>22} {len(marks):>5} | {cells} | "
+              f"{r[2 * n]:5.0f}/{r[2 * n + 1]:5.0f} | {r[2 * n + 2]:7.0f}")
+
+
+if __name__ == "__main__":
+    main()
