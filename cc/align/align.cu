@@ -14,7 +14,8 @@
 // - one pass (kOnePassMinRoutes < numel <= kOnePassMaxRoutes, num_local <= 1024,
 //   align_onepass.cu, see UseOnePass): one launch of numel / 256 CTAs; every
 //   CTA counts all routes, scans the same expert starts, ranks and scatters its
-//   own chunk and writes its share of the padding. No workspace, no inter-CTA communication.
+//   own chunk and writes its share of the padding. No workspace, no inter-CTA
+//   communication.
 // - small (numel <= kSmallTile): one launch; CTA 0 ranks and scatters, padding
 //   is written by CTA 0 or, when P is large, by extra CTAs (P can be far larger
 //   than numel: up to L * (bs - 1) padding slots).
@@ -125,10 +126,10 @@ bool SortRankingForced() {
 // <= kOnePassMaxRoutes, except few local experts (L <= 16) above 8192 routes,
 // where the count every CTA repeats costs more than the three-launch path saves
 // (H200, 16384 x 2, E 8: 20.7 us one pass vs 13.9). Below kOnePassMinRoutes the
-// single-CTA kernels win (128 x 2: 4.8 vs 6.1 us at E 8); from 1024 routes the
-// one pass does (128 x 8, E 1024: 8.2 vs 15.4). JAX_MOE_ALIGN_ONEPASS (A/B
-// testing, read once per process): "0" off, "all" every size above the one-warp
-// path up to kOnePassMaxRoutes.
+// single-CTA kernels win or tie (16 x 8, E 256: 5.7 vs 7.5 us; 128 x 2, E 64: 5.6
+// vs 5.8); from 1024 routes the one pass wins (128 x 8, E 1024: 8.2 vs 15.4).
+// JAX_MOE_ALIGN_ONEPASS (A/B testing, read once per process): "0" off, "all"
+// every size above the one-warp path up to kOnePassMaxRoutes.
 bool UseOnePass(int64_t numel, int32_t L) {
   static const int mode = [] {
     const char* v = std::getenv("JAX_MOE_ALIGN_ONEPASS");
