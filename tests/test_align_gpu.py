@@ -133,12 +133,25 @@ def test_cuda_small_path_variants(rng, numel, E, bs):
 ONE_WARP_NUMELS = [0, 1, 2, 31, 32, 33]
 
 
-def check_one_warp(ids, E, bs, what, **kw):
-    f = lambda x: jax_moe.moe_align_block_size(x, E, bs, **kw)
-    cpu, gpu = both(f, ids)
+def check_path(ids, E, bs, what, emap=None, L=None, **kw):
+    """CUDA equals the CPU kernel and the reference (with an expert map when given)."""
+    pad = kw.get("pad_sorted_ids", False)
+    if emap is None:
+        f = lambda x: jax_moe.moe_align_block_size(x, E, bs, **kw)
+        cpu, gpu = both(f, ids)
+    else:
+        f = lambda x, m: jax_moe.moe_align_block_size(x, E, bs, expert_map=m,
+                                                      num_local_experts=L, **kw)
+        cpu, gpu = both(f, ids, emap)
     assert_same(cpu, gpu, what)
-    assert_same(gpu, align_reference(ids, E, bs, pad_sorted_ids=kw.get("pad_sorted_ids", False)),
-                what)
+    assert_same(gpu, align_reference(ids, E, bs, emap, L, pad_sorted_ids=pad), what)
+
+
+def wild_map(rng, E, L):
+    """An expert map onto L local experts, 40% of its entries -1, >= L or far out."""
+    emap = rng.integers(0, L, size=E)
+    wild = rng.choice([-1, -7, L, L + 5, np.iinfo(np.int32).max, np.iinfo(np.int32).min], E)
+    return np.where(rng.random(E) < .4, wild, emap).astype(np.int32)
 
 
 @pytest.mark.parametrize("numel", ONE_WARP_NUMELS)
@@ -146,7 +159,7 @@ def test_cuda_one_warp_path(rng, numel):
     for E, bs in [(1, 1), (8, 3), (64, 128), (1024, 1), (1024, 64), (1024, 4097), (1025, 16)]:
         pad = bool(rng.integers(2))
         ids = random_ids(rng, (numel,), E)
-        check_one_warp(ids, E, bs, f"numel={numel} E={E} bs={bs}", pad_sorted_ids=pad)
+        check_path(ids, E, bs, f"numel={numel} E={E} bs={bs}", pad_sorted_ids=pad)
 
 
 def test_cuda_one_warp_peers_and_blocks(rng):
@@ -156,14 +169,14 @@ def test_cuda_one_warp_peers_and_blocks(rng):
                        (np.arange(32) % 3, 3, 4), (rng.integers(0, 5, 32), 5, 2),
                        (np.full(32, -1), 64, 3), (np.full(7, 64), 64, 16)]:
         for pad in (False, True):
-            check_one_warp(np.asarray(ids, np.int32), E, bs, f"E={E} bs={bs}", pad_sorted_ids=pad)
+            check_path(np.asarray(ids, np.int32), E, bs, f"E={E} bs={bs}", pad_sorted_ids=pad)
 
 
 def test_cuda_one_warp_many_ctas(rng):
     # Large P: bs 65536 with 32 distinct experts writes 2M slots (2048 CTAs).
     ids = rng.permutation(1000)[:32].astype(np.int32)
     ids[::5] = -1
-    check_one_warp(ids, 1000, 65536, "bs=65536", pad_sorted_ids=True)
+    check_path(ids, 1000, 65536, "bs=65536", pad_sorted_ids=True)
 
 
 def test_cuda_one_warp_expert_map(rng):
@@ -171,28 +184,23 @@ def test_cuda_one_warp_expert_map(rng):
     # >= L and far out of range, ids out of range.
     for numel, E, L in [(1, 64, 8), (17, 256, 200), (32, 1100, 1024), (32, 1100, 1025),
                         (31, 2000, 1)]:
-        emap = rng.integers(0, L, size=E)
-        wild = rng.choice([-1, -7, L, L + 5, np.iinfo(np.int32).max, np.iinfo(np.int32).min], E)
-        emap = np.where(rng.random(E) < .4, wild, emap).astype(np.int32)
+        emap = wild_map(rng, E, L)
         ids = random_ids(rng, (numel,), E)
         for bs in (1, 16, 300):
-            f = lambda x, m: jax_moe.moe_align_block_size(x, E, bs, expert_map=m,
-                                                          num_local_experts=L, pad_sorted_ids=True)
-            cpu, gpu = both(f, ids, emap)
-            assert_same(cpu, gpu, f"map numel={numel} E={E} L={L} bs={bs}")
-            assert_same(gpu, align_reference(ids, E, bs, emap, L, pad_sorted_ids=True))
+            check_path(ids, E, bs, f"map numel={numel} E={E} L={L} bs={bs}", emap, L,
+                       pad_sorted_ids=True)
 
 
 def test_cuda_one_warp_id_dtypes(rng):
     ids = random_ids(rng, (32,), 77, np.uint32)
     ids[:2] = [np.iinfo(np.uint32).max, 77]
-    check_one_warp(ids, 77, 8, "uint32")
+    check_path(ids, 77, 8, "uint32")
     ids = random_ids(rng, (5,), 100, np.int8)
-    check_one_warp(ids, 100, 2, "int8")
+    check_path(ids, 100, 2, "int8")
     with jax.enable_x64(True):
         ids = random_ids(rng, (4, 8), 77, np.int64)
         ids[0, :3] = [2**40, -2**40, 77 + 2**32]
-        check_one_warp(ids, 77, 8, "int64")
+        check_path(ids, 77, 8, "int64")
 
 
 def check_vmap(rng, batch, numel, bs):
@@ -223,25 +231,12 @@ ONE_PASS_NUMELS = [512, 513, 544, 545, 1024, 1025, 2048, 2049, 8192, 8193, 16385
                    32768, 32769]
 
 
-def check_one_pass(ids, E, bs, what, emap=None, L=None, **kw):
-    pad = kw.get("pad_sorted_ids", False)
-    if emap is None:
-        f = lambda x: jax_moe.moe_align_block_size(x, E, bs, **kw)
-        cpu, gpu = both(f, ids)
-    else:
-        f = lambda x, m: jax_moe.moe_align_block_size(x, E, bs, expert_map=m,
-                                                      num_local_experts=L, **kw)
-        cpu, gpu = both(f, ids, emap)
-    assert_same(cpu, gpu, what)
-    assert_same(gpu, align_reference(ids, E, bs, emap, L, pad_sorted_ids=pad), what)
-
-
 @pytest.mark.parametrize("numel", ONE_PASS_NUMELS)
 def test_cuda_one_pass_path(rng, numel):
     for E, bs in [(1, 1), (8, 3), (15, 16), (64, 128), (256, 64), (1024, 1), (1024, 256),
                   (1025, 16)]:
         ids = random_ids(rng, (numel,), E)
-        check_one_pass(ids, E, bs, f"numel={numel} E={E} bs={bs}",
+        check_path(ids, E, bs, f"numel={numel} E={E} bs={bs}",
                        pad_sorted_ids=bool(rng.integers(2)))
 
 
@@ -255,9 +250,9 @@ def test_cuda_one_pass_skewed(rng):
     for ids, bs in [(np.full(numel, 9), 16), (hot, 128), (np.full(numel, 64), 3), (last, 64),
                     (np.where(rng.random(numel) < .5, hot, rng.integers(0, 64, numel)), 1)]:
         for pad in (False, True):
-            check_one_pass(np.asarray(ids, np.int32), 64, bs, f"bs={bs}", pad_sorted_ids=pad)
+            check_path(np.asarray(ids, np.int32), 64, bs, f"bs={bs}", pad_sorted_ids=pad)
     ids = np.where(rng.random(numel) < .9, 2, rng.integers(0, 8, numel)).astype(np.int32)
-    check_one_pass(ids, 8, 16, "E=8 skewed")
+    check_path(ids, 8, 16, "E=8 skewed")
 
 
 def test_cuda_one_pass_expert_map(rng):
@@ -265,12 +260,10 @@ def test_cuda_one_pass_expert_map(rng):
     # entries -1, >= L and far out of range, ids out of range.
     for numel, E, L in [(1500, 64, 8), (8192, 256, 200), (20000, 1100, 1024),
                         (20000, 1100, 1025), (32768, 2000, 1)]:
-        emap = rng.integers(0, L, size=E)
-        wild = rng.choice([-1, -7, L, L + 5, np.iinfo(np.int32).max, np.iinfo(np.int32).min], E)
-        emap = np.where(rng.random(E) < .4, wild, emap).astype(np.int32)
+        emap = wild_map(rng, E, L)
         ids = random_ids(rng, (numel,), E)
         for bs in (1, 16, 300):
-            check_one_pass(ids, E, bs, f"map numel={numel} E={E} L={L} bs={bs}", emap, L,
+            check_path(ids, E, bs, f"map numel={numel} E={E} L={L} bs={bs}", emap, L,
                            pad_sorted_ids=True)
 
 
@@ -279,7 +272,7 @@ def test_cuda_one_pass_large_padding(rng):
     # 128 CTAs of which 120 only count and fill.
     ids = rng.permutation(np.arange(2048) % 1024).astype(np.int32)
     ids[::7] = -1
-    check_one_pass(ids, 1024, 4097, "bs=4097", pad_sorted_ids=True)
+    check_path(ids, 1024, 4097, "bs=4097", pad_sorted_ids=True)
 
 
 def test_cuda_one_pass_forced(rng):
@@ -295,14 +288,14 @@ def test_cuda_one_pass_forced(rng):
 def test_cuda_one_pass_id_dtypes(rng):
     ids = random_ids(rng, (3000,), 77, np.uint32)
     ids[:2] = [np.iinfo(np.uint32).max, 77]
-    check_one_pass(ids, 77, 8, "uint32")
-    check_one_pass(random_ids(rng, (2049,), 100, np.int8), 100, 2, "int8")
-    check_one_pass(random_ids(rng, (4096, 8), 256, np.int16), 256, 64, "int16 4096 x 8")
+    check_path(ids, 77, 8, "uint32")
+    check_path(random_ids(rng, (2049,), 100, np.int8), 100, 2, "int8")
+    check_path(random_ids(rng, (4096, 8), 256, np.int16), 256, 64, "int16 4096 x 8")
     with jax.enable_x64(True):
         ids = random_ids(rng, (4096, 2), 77, np.int64)
         ids[0, :2] = [2**40, -2**40]
         ids[1, :2] = [77 + 2**32, 3 + 2**32]
-        check_one_pass(ids, 77, 8, "int64")
+        check_path(ids, 77, 8, "int64")
 
 
 def test_cuda_one_pass_vmap(rng):
