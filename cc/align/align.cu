@@ -7,15 +7,23 @@
 // as in the CPU kernel (bit-identical outputs). Two ways to rank:
 // - warp ranking (num_local <= 1024, align_warp_rank.cu): no sort;
 // - tile radix sort (any num_local, align_sort.cu).
-// Four paths:
+// Paths, tried in this order:
 // - one warp (numel <= kOneWarpMaxRoutes = 32, num_local <= 1024,
-//   align_tiny.cu): one launch; every warp ranks the routes by ballots and
+//   align_tiny.cu): one launch; every warp ranks all routes by ballots and
 //   writes its own slice of the outputs, no CTA barrier.
+// - gather (numel <= GatherMaxRoutes() = 2048, num_local <= 1024,
+//   align_gather.cu): one launch of P / 2048 CTAs; every CTA ranks all routes
+//   into a compact list in shared memory and writes one range of output slots
+//   with coalesced stores.
+// - grid sync (num_local <= 1024, chunks of <= kSmallTile routes,
+//   align_gridsync.cu): one cooperative launch; CTAs rank their chunks, publish
+//   chunk counts, meet at one grid barrier, sum the counts and scatter. Not
+//   taken when the grid could not be co-resident.
 // - one pass (kOnePassMinRoutes < numel <= kOnePassMaxRoutes, num_local <= 1024,
-//   align_onepass.cu, see UseOnePass): one launch of numel / 256 CTAs; every
-//   CTA counts all routes, scans the same expert starts, ranks and scatters its
-//   own chunk and writes its share of the padding. No workspace, no inter-CTA
-//   communication.
+//   align_onepass.cu, see UseOnePass; now the grid sync's fallback): one
+//   launch of numel / 256 CTAs; every CTA counts all routes, scans the same
+//   expert starts, ranks and scatters its own chunk and writes its share of
+//   the padding. No workspace, no inter-CTA communication.
 // - small (numel <= kSmallTile): one launch; CTA 0 ranks and scatters, padding
 //   is written by CTA 0 or, when P is large, by extra CTAs (P can be far larger
 //   than numel: up to L * (bs - 1) padding slots).
@@ -23,9 +31,9 @@
 //   per-CTA offsets and expert starts, (3) CTAs rank their routes and scatter
 //   them to start + CTA offset + rank, while extra CTAs fill padding slots and
 //   block owners. No global atomics on expert counters.
-// JAX_MOE_ALIGN_RANKING=sort forces the tile sort everywhere (A/B tests);
-// JAX_MOE_ALIGN_ONEPASS=0 turns the one-pass path off (its sizes take the
-// single-CTA and multi-block paths again); see UseOnePass.
+// A/B switches (read once per process): JAX_MOE_ALIGN_RANKING=sort forces the
+// tile sort everywhere; JAX_MOE_ALIGN_GATHER=0|<max routes>,
+// JAX_MOE_ALIGN_GRIDSYNC=0, JAX_MOE_ALIGN_ONEPASS=0|all (see UseOnePass).
 #include <cub/block/block_scan.cuh>
 
 #include <cstdlib>
@@ -150,6 +158,12 @@ cudaError_t LaunchAlignCuda(const AlignCudaArgs& a, cudaStream_t stream) {
   const int32_t L = p.num_local;
   const bool warp_rank = L <= kWarpRankMaxExperts && !SortRankingForced();
   if (warp_rank && p.numel <= kOneWarpMaxRoutes) return LaunchOneWarpAlign(a, stream);
+  if (warp_rank && p.numel <= GatherMaxRoutes()) return LaunchGatherAlign(a, stream);
+  if (warp_rank) {
+    bool launched = false;
+    const cudaError_t err = LaunchGridSyncAlign(a, stream, &launched);
+    if (err != cudaSuccess || launched) return err;
+  }
   if (warp_rank && UseOnePass(p.numel, L)) return LaunchOnePassAlign(a, stream);
   if (p.numel <= kSmallTile) {
     if (warp_rank) return LaunchWarpRankSmall(a, stream);

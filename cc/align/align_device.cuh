@@ -228,6 +228,54 @@ __device__ inline bool FillAsPaddingWorker(const AlignProblem& p, const ProblemP
   return true;
 }
 
+// Expert owning padded slot s < pstart[L]: the last e with pstart[e] <= s
+// (experts after e start later; empty experts before it start at the same slot).
+__device__ __forceinline__ int32_t OwnerOfSlot(const int32_t* pstart, int32_t L, uint32_t s) {
+  int32_t lo = 0, hi = L;  // pstart[lo] <= s; the owner is in [lo, hi)
+  while (hi - lo > 1) {
+    const int32_t mid = (lo + hi) >> 1;
+    if (static_cast<uint32_t>(pstart[mid]) <= s) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Block owners, CTA c of gridDim.x: blocks [c * nb / ctas, (c + 1) * nb / ctas)
+// (starts in shared memory).
+template <int kT>
+__device__ void BlockOwnersShare(const int32_t* pstart, int32_t L, const AlignProblem& p,
+                                 int32_t* expert_ids) {
+  const uint32_t bs = BlockSize32(p.block_size);
+  const uint32_t busy_blocks = static_cast<uint32_t>(pstart[L]) / bs;
+  const uint64_t nb = static_cast<uint64_t>(p.num_blocks);
+  const uint32_t b1 = static_cast<uint32_t>(nb * (blockIdx.x + 1) / gridDim.x);
+  for (uint32_t b = static_cast<uint32_t>(nb * blockIdx.x / gridDim.x) + threadIdx.x; b < b1;
+       b += kT)
+    expert_ids[b] = b < busy_blocks ? OwnerOfSlot(pstart, L, b * bs) : -1;
+}
+
+// This CTA's share (of gridDim.x) of the outputs that hold no route, for
+// kernels whose every CTA has the same counts and starts (in shared memory).
+template <int kT>
+__device__ void FillShare(const int32_t* pstart, const int32_t* total, int32_t L,
+                          const AlignProblem& p, int32_t* sorted, int32_t* expert_ids) {
+  const int32_t sentinel = static_cast<int32_t>(p.numel);
+  const uint32_t all = static_cast<uint32_t>(pstart[L]);  // num_tokens_post_pad
+  const uint32_t ctas = gridDim.x, c = blockIdx.x;
+  BlockOwnersShare<kT>(pstart, L, p, expert_ids);
+  // Each expert's padding after its routes (< bs slots), one warp per expert.
+  const int32_t lane = threadIdx.x & 31;
+  for (int32_t e = c * (kT / 32) + threadIdx.x / 32; e < L; e += ctas * (kT / 32)) {
+    const uint32_t end = static_cast<uint32_t>(pstart[e + 1]);
+    for (uint32_t s = static_cast<uint32_t>(pstart[e] + total[e]) + lane; s < end; s += 32)
+      sorted[s] = sentinel;
+  }
+  // The tail [num_tokens_post_pad, P), by slot range.
+  const uint32_t P = static_cast<uint32_t>(p.padded_len);
+  for (uint32_t s = all + c * kT + threadIdx.x; s < P; s += ctas * kT)
+    sorted[s] = sentinel;
+}
+
 // Max as a cub scan operator (CCCL 3 removed cub::Max).
 struct MaxOp {
   __device__ __forceinline__ int32_t operator()(int32_t a, int32_t b) const { return a > b ? a : b; }

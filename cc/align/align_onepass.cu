@@ -48,7 +48,6 @@ __device__ long long g_onepass_phases[kPhaseCtas][kPhaseSlots];
 #endif
 
 constexpr int kOnePassThreads = 512;
-constexpr int kOnePassWarps = kOnePassThreads / 32;
 // Routes ranked per CTA at most (a multiple of 32). H200 A/B (all sizes on this
 // path): 256 beats 1024 by 0.7-2.4 us from 1024 to 32768 routes (seed 9.8 ->
 // 9.0 us; 128 x 8, E 1024: 9.2 -> 8.2): more CTAs share the ranking while each
@@ -80,46 +79,6 @@ size_t OnePassSharedBytes(int32_t chunk, int32_t L) {
   const int64_t words = 3 * int64_t{L} + 1 + (chunk > 0 ? chunk : 1) +
                         int64_t{RankWarps<kOnePassThreads>(chunk, L)} * L;
   return static_cast<size_t>(words) * sizeof(int32_t);
-}
-
-// Expert owning padded slot s < pstart[L]: the last e with pstart[e] <= s
-// (experts after e start later; empty experts before it start at the same slot).
-__device__ __forceinline__ int32_t OwnerOfSlot(const int32_t* pstart, int32_t L, uint32_t s) {
-  int32_t lo = 0, hi = L;  // pstart[lo] <= s; the owner is in [lo, hi)
-  while (hi - lo > 1) {
-    const int32_t mid = (lo + hi) >> 1;
-    if (static_cast<uint32_t>(pstart[mid]) <= s) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
-
-// This CTA's share of the outputs that hold no route (counts and starts in
-// shared memory, the same in every CTA).
-__device__ void FillShare(const int32_t* pstart, const int32_t* total, int32_t L,
-                          const AlignProblem& p, int32_t* sorted, int32_t* expert_ids) {
-  const int32_t sentinel = static_cast<int32_t>(p.numel);
-  const uint32_t bs = BlockSize32(p.block_size);
-  const uint32_t all = static_cast<uint32_t>(pstart[L]);  // num_tokens_post_pad
-  const uint32_t busy_blocks = all / bs;
-  const uint32_t ctas = gridDim.x, c = blockIdx.x;
-  // Block owners, CTA c: blocks [c * nb / ctas, (c + 1) * nb / ctas).
-  const uint64_t nb = static_cast<uint64_t>(p.num_blocks);
-  const uint32_t b1 = static_cast<uint32_t>(nb * (c + 1) / ctas);
-  for (uint32_t b = static_cast<uint32_t>(nb * c / ctas) + threadIdx.x; b < b1;
-       b += kOnePassThreads)
-    expert_ids[b] = b < busy_blocks ? OwnerOfSlot(pstart, L, b * bs) : -1;
-  // Each expert's padding after its routes (< bs slots), one warp per expert.
-  const int32_t lane = threadIdx.x & 31;
-  for (int32_t e = c * kOnePassWarps + threadIdx.x / 32; e < L; e += ctas * kOnePassWarps) {
-    const uint32_t end = static_cast<uint32_t>(pstart[e + 1]);
-    for (uint32_t s = static_cast<uint32_t>(pstart[e] + total[e]) + lane; s < end; s += 32)
-      sorted[s] = sentinel;
-  }
-  // The tail [num_tokens_post_pad, P), by slot range.
-  const uint32_t P = static_cast<uint32_t>(p.padded_len);
-  for (uint32_t s = all + c * kOnePassThreads + threadIdx.x; s < P; s += ctas * kOnePassThreads)
-    sorted[s] = sentinel;
 }
 
 template <typename Id>
@@ -164,7 +123,7 @@ __global__ void __launch_bounds__(kOnePassThreads)
   __syncthreads();
   ONEPASS_PHASE(4);
   if (blockIdx.x == 0 && threadIdx.x == 0) *q.post_pad = pstart[L];
-  FillShare(pstart, total, L, p, q.sorted, q.expert_ids);
+  FillShare<kOnePassThreads>(pstart, total, L, p, q.sorted, q.expert_ids);
   ONEPASS_PHASE(5);
   // The chunk's first route of expert e goes to pstart[e] + before[e]. Same
   // thread per expert as in PrefixOverWarps: no barrier between them.

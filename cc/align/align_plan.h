@@ -37,9 +37,20 @@ JAX_MOE_HD int64_t NumCtas(int64_t numel) {
 // Routes per CTA (the same in the histogram and scatter kernels).
 JAX_MOE_HD int64_t CtaChunk(int64_t numel, int64_t ctas) { return (numel + ctas - 1) / ctas; }
 
-// Workspace (int32 words): offsets [G, L] | starts [L + 1] | counts [L].
+// Grid-sync path (align_gridsync.cu): CTAs publish their chunk's expert counts
+// as rows [G, L] of the workspace, G <= SyncRows(numel): one row per
+// kSyncMinChunk routes, at most kMaxCtas.
+constexpr int64_t kSyncMinChunk = 512;
+
+JAX_MOE_HD int64_t SyncRows(int64_t numel) {
+  int64_t g = (numel + kSyncMinChunk - 1) / kSyncMinChunk;
+  return g < 1 ? 1 : (g > kMaxCtas ? kMaxCtas : g);
+}
+
+// Workspace (int32 words): offsets [G, L] | starts [L + 1] | counts [L] for the
+// multi-block path; rows [G', L] for the grid-sync path (SyncRows >= NumCtas).
 JAX_MOE_HD int64_t WorkspaceWords(int64_t numel, int64_t num_local) {
-  return NumCtas(numel) * num_local + 2 * num_local + 1;
+  return SyncRows(numel) * num_local + 2 * num_local + 1;
 }
 
 }  // namespace align_plan

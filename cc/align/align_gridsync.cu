@@ -1,0 +1,202 @@
+// Grid-sync CUDA align path (mid and large inputs, num_local <=
+// kWarpRankMaxExperts): one cooperative launch, every route loaded and counted
+// once.
+//
+// CTA c ranks its chunk of routes [c * chunk, (c + 1) * chunk) in shared
+// memory with the warp walk (align_walk.cuh), which also yields the chunk's
+// expert counts; it publishes them as row c of the workspace [G, L]. After one
+// grid-wide barrier every CTA reads all G rows: the sum of the rows before its
+// own (where its routes of each expert start among that expert's routes) and
+// of all rows (the expert totals, hence the same padded starts in every CTA).
+// It then scatters its chunk and writes its share of the padding. The
+// multi-block path does the same in three launches; here the barrier replaces
+// two kernel boundaries and the per-CTA scan replaces the scan kernel.
+//
+// A grid barrier needs every CTA resident at once: the launch is cooperative
+// (the driver refuses a grid that cannot be co-resident, and the launcher
+// checks the occupancy first and lets the caller take another path).
+#include <cooperative_groups.h>
+#include <cub/block/block_scan.cuh>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "align/align_device.cuh"
+#include "align/align_launch.h"
+#include "align/align_walk.cuh"
+
+namespace jax_moe {
+namespace {
+
+using namespace align_device;
+
+constexpr int kSyncThreads = 512;
+// Loads in flight per thread while staging a chunk (<= 8192 routes in one round).
+constexpr int kSyncItems = 16;
+// Workspace words every CTA reads after the barrier at most (G * L): 64 KB,
+// about 1000 cycles of L2 traffic per SM.
+constexpr int64_t kSyncRowWords = 16384;
+
+static_assert(kSyncItems * kSyncThreads >= kSmallTile, "a chunk is staged in one round");
+
+// Shared words: before [L] | total [L] | pstart [L + 1] | part [2, max(L, T)] |
+// whist [W, L] | tile [chunk].
+size_t SyncSharedBytes(int32_t chunk, int32_t L) {
+  const int64_t part = L > kSyncThreads ? L : kSyncThreads;
+  const int64_t words = 3 * int64_t{L} + 1 + 2 * part +
+                        int64_t{RankWarps<kSyncThreads>(chunk, L)} * L + (chunk > 0 ? chunk : 1);
+  return static_cast<size_t>(words) * sizeof(int32_t);
+}
+
+// before[e] := routes of expert e in rows [0, c) of rows [G, L]; total[e] := in
+// all rows. Fewer experts than threads: each expert's rows are split into segs
+// segments over several threads, whose partial sums meet in part (2 x
+// max(L, kSyncThreads) words).
+__device__ void SumRows(const int32_t* rows, int32_t G, int32_t L, int32_t c, int32_t* part,
+                        int32_t* before, int32_t* total) {
+  const int32_t segs = L < kSyncThreads ? kSyncThreads / L : 1;
+  int32_t* part_before = part;
+  int32_t* part_total = part + (L > kSyncThreads ? L : kSyncThreads);
+  for (int32_t t = threadIdx.x; t < segs * L; t += kSyncThreads) {
+    const int32_t e = t % L, seg = t / L;
+    const int32_t g0 = static_cast<int32_t>(int64_t{G} * seg / segs);
+    const int32_t g1 = static_cast<int32_t>(int64_t{G} * (seg + 1) / segs);
+    int32_t b = 0, all = 0;
+    for (int32_t g = g0; g < g1; ++g) {
+      // Written by other CTAs in this launch: read from L2, not a stale L1 line.
+      const int32_t v = __ldcg(rows + static_cast<int64_t>(g) * L + e);
+      if (g < c) b += v;
+      all += v;
+    }
+    part_before[t] = b;
+    part_total[t] = all;
+  }
+  __syncthreads();
+  for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) {
+    int32_t b = 0, all = 0;
+    for (int32_t seg = 0; seg < segs; ++seg) {
+      b += part_before[seg * L + e];
+      all += part_total[seg * L + e];
+    }
+    before[e] = b;
+    total[e] = all;
+  }
+}
+
+template <typename Id>
+__global__ void __launch_bounds__(kSyncThreads)
+    AlignGridSyncKernel(AlignCudaArgs a, int32_t chunk) {
+  extern __shared__ __align__(16) int32_t smem[];
+  __shared__ typename cub::BlockScan<long long, kSyncThreads>::TempStorage scan_tmp;
+  const AlignProblem& p = a.problem;
+  const int32_t L = p.num_local;
+  const int32_t G = static_cast<int32_t>(gridDim.x), c = static_cast<int32_t>(blockIdx.x);
+  const ProblemPtrs q = PtrsOf(a);
+  // numel <= G * chunk <= 128 * kSmallTile: route indices fit in 32 bits.
+  const int32_t numel = static_cast<int32_t>(p.numel);
+  const int32_t begin = min(c * chunk, numel);
+  const int32_t n = min(begin + chunk, numel) - begin;
+  const int W = RankWarps<kSyncThreads>(n, L);
+  const int32_t per = RoutesPerWarp(n, W);
+  const int32_t part_words = L > kSyncThreads ? L : kSyncThreads;
+  int32_t* before = smem;                  // [L] chunk counts, then routes before the chunk
+  int32_t* total = before + L;             // [L] all routes of each expert
+  int32_t* pstart = total + L;             // [L + 1] padded starts
+  int32_t* part = pstart + (L + 1);        // [2, part_words] partial row sums
+  int32_t* whist = part + 2 * part_words;  // [W, L] per-warp offsets in the chunk
+  int32_t* tile = whist + W * L;           // [chunk] lane | rank << 16
+
+  for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) before[e] = 0;
+  for (int32_t k = threadIdx.x; k < W * L; k += kSyncThreads) whist[k] = 0;
+  ForLanes<kSyncItems>(static_cast<const Id*>(q.ids), begin, n, p.num_experts, q.expert_map, L,
+                       [&](int64_t k, int32_t e) {
+                         if (k < n) tile[k] = e;
+                       });
+  __syncthreads();
+  WalkTile(tile, n, per, W, L, whist);
+  __syncthreads();
+  PrefixOverWarps(whist, W, L, before);  // before[e] := the chunk's count of e
+  int32_t* rows = q.workspace;           // [G, L]
+  for (int32_t e = threadIdx.x; e < L; e += kSyncThreads)
+    rows[static_cast<int64_t>(c) * L + e] = before[e];  // same thread as the prefix
+  // Every CTA's row is written (and, by the barrier's fences, visible) after it.
+  cooperative_groups::this_grid().sync();
+  SumRows(rows, G, L, c, part, before, total);
+  __syncthreads();
+  ScanExperts<kSyncThreads>(total, L, p.block_size, nullptr, pstart, scan_tmp);
+  __syncthreads();
+  if (c == 0 && threadIdx.x == 0) *q.post_pad = pstart[L];
+  FillShare<kSyncThreads>(pstart, total, L, p, q.sorted, q.expert_ids);
+  // The chunk's first route of expert e goes to pstart[e] + before[e]; whist
+  // holds each warp range's offset inside the chunk.
+  for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) before[e] += pstart[e];
+  __syncthreads();
+  ScatterTile(tile, n, per, L, whist, before, begin, q.sorted);
+}
+
+// JAX_MOE_ALIGN_GRIDSYNC=0 (A/B testing, read once per process) turns the path off.
+bool GridSyncAllowed() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("JAX_MOE_ALIGN_GRIDSYNC");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return allowed;
+}
+
+// CTAs of the current device that can be resident at once running `kernel`
+// with `bytes` of dynamic shared memory (0 when cooperative launches are not
+// supported or the query fails).
+template <typename Kernel>
+int64_t CoResidentCtas(Kernel kernel, size_t bytes) {
+  int device = 0, coop = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSyncThreads, bytes) !=
+          cudaSuccess)
+    return 0;
+  return coop ? int64_t{sms} * per_sm : 0;
+}
+
+// CTAs (chunks) of a problem: one per kSyncMinChunk routes up to the
+// workspace's rows (align_plan::SyncRows), fewer for many experts (each CTA
+// reads G * L words after the barrier).
+int64_t GridSyncCtas(int64_t numel, int32_t L) {
+  int64_t g = align_plan::SyncRows(numel);
+  const int64_t by_rows = kSyncRowWords / (L > 0 ? L : 1);
+  if (g > by_rows) g = by_rows;
+  return g < 1 ? 1 : g;
+}
+
+}  // namespace
+
+cudaError_t LaunchGridSyncAlign(const AlignCudaArgs& a, cudaStream_t stream, bool* launched) {
+  *launched = false;
+  const AlignProblem& p = a.problem;
+  if (!GridSyncAllowed()) return cudaSuccess;
+  const int64_t G = GridSyncCtas(p.numel, p.num_local);
+  const int64_t chunk = CeilDiv(CeilDiv(p.numel, G), 32) * 32;
+  if (chunk > kSmallTile) return cudaSuccess;
+  const size_t bytes = SyncSharedBytes(static_cast<int32_t>(chunk), p.num_local);
+  return WithIdType(a.id_kind, [&](auto id) {
+    auto kernel = AlignGridSyncKernel<decltype(id)>;
+    cudaError_t err = AllowSharedBytes(kernel, bytes);
+    if (err != cudaSuccess) return err;
+    if (G * a.batch > CoResidentCtas(kernel, bytes)) return cudaSuccess;  // another path
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(G), static_cast<unsigned>(a.batch));
+    config.blockDim = dim3(kSyncThreads);
+    config.dynamicSmemBytes = bytes;
+    config.stream = stream;
+    cudaLaunchAttribute cooperative[1];
+    cooperative[0].id = cudaLaunchAttributeCooperative;
+    cooperative[0].val.cooperative = 1;
+    config.attrs = cooperative;
+    config.numAttrs = 1;
+    err = cudaLaunchKernelEx(&config, kernel, a, static_cast<int32_t>(chunk));
+    *launched = err == cudaSuccess;
+    return err;
+  });
+}
+
+}  // namespace jax_moe
