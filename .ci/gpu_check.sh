@@ -48,7 +48,7 @@ for stage in $stages; do
             --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
       done ;;
     gatherab)  # the gather and grid-sync align paths against the older ones
-      for v in "" "JAX_MOE_ALIGN_GATHER=0" "JAX_MOE_ALIGN_GATHER=8192" "JAX_MOE_ALIGN_GRIDSYNC=0"; do
+      for v in "" "JAX_MOE_ALIGN_GATHER=0 JAX_MOE_ALIGN_GRIDSYNC=0" "JAX_MOE_ALIGN_GATHER=8192"; do
         echo "--- ${v:-default}"
         env $v timeout 90 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-16 128 1024 4096 16384 65536} \
             --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
