@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the H200 session runs, in one call of the device tool:
-#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gatherab|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [alignphases (last)] [racecheck]
+#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gridsyncab|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [alignphases (last)] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
 # (.ci/sanitize.py), and the benchmarks (align, ep, dispatch; benchmulti: EP over all
@@ -47,8 +47,8 @@ for stage in $stages; do
         env $v timeout 90 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-16 128 1024 4096 16384} \
             --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
       done ;;
-    gatherab)  # the gather and grid-sync align paths against the older ones
-      for v in "" "JAX_MOE_ALIGN_GATHER=0 JAX_MOE_ALIGN_GRIDSYNC=0" "JAX_MOE_ALIGN_GATHER=8192"; do
+    gridsyncab)  # the grid-sync align path against the one-pass and multi-block ones
+      for v in "" "JAX_MOE_ALIGN_GRIDSYNC=0"; do
         echo "--- ${v:-default}"
         env $v timeout 90 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-16 128 1024 4096 16384 65536} \
             --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"

@@ -1,8 +1,7 @@
 """Run by test_align_gpu's forced-path tests in a process whose environment
 moves sizes onto a CUDA align path its default rule gives to other paths
-(JAX_MOE_ALIGN_ONEPASS=all with JAX_MOE_ALIGN_GATHER=0 and
-JAX_MOE_ALIGN_GRIDSYNC=0: the one-pass kernel from 33 to 32768 routes;
-JAX_MOE_ALIGN_GATHER=8192: the gather kernel up to 8192 routes). The variables are read once per process.
+(JAX_MOE_ALIGN_ONEPASS=all with JAX_MOE_ALIGN_GRIDSYNC=0: the one-pass kernel
+from 33 to 32768 routes). The variables are read once per process.
 Every case equals the CPU kernel and the reference; exits 1 on the first
 difference."""
 import sys

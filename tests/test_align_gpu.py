@@ -1,9 +1,9 @@
 """moe_align_block_size on CUDA equals the CPU kernel bit for bit (marker gpu).
 
 Covers the CUDA paths (one warp's worth of routes, <= 32, and <= 1024 local
-experts; gather for 32 < numel <= 2048 and <= 1024 local experts; one pass of
-several CTAs for 2048 < numel <= 32768 and <= 1024 local experts; single
-block for more local experts up to 8192 routes; multi block beyond) and their boundaries, all id dtypes, expert maps, vmapped batches, and
+experts; grid sync from 8192 routes and <= 1024 local experts; one pass of
+several CTAs for 512 < numel <= 32768 and <= 1024 local experts; single block
+up to 8192 routes; multi block beyond) and their boundaries, all id dtypes, expert maps, vmapped batches, and
 repeated runs."""
 import itertools
 import os
@@ -220,88 +220,13 @@ def test_cuda_one_warp_vmap(rng):
         check_vmap(rng, 6, numel, bs)
 
 
-# The gather path (cc/align/align_gather.cu): 32 < numel <= 2048 routes and <=
-# 1024 local experts; every CTA ranks all routes and writes one range of slots
-# (2048 per CTA, at most 128 CTAs, then longer ranges). Both bounds, warp-range
-# boundaries of the walk (RankWarps: one warp per 128 routes), and P from tiny
-# to millions of slots.
-GATHER_NUMELS = [33, 34, 127, 128, 129, 511, 1000, 2047, 2048]
-
-
-@pytest.mark.parametrize("numel", GATHER_NUMELS)
-def test_cuda_gather_path(rng, numel):
-    for E, bs in [(1, 1), (8, 3), (15, 16), (64, 128), (256, 64), (1024, 1), (1024, 256),
-                  (1025, 16)]:
-        ids = random_ids(rng, (numel,), E)
-        check_path(ids, E, bs, f"numel={numel} E={E} bs={bs}",
-                   pad_sorted_ids=bool(rng.integers(2)))
-
-
-def test_cuda_gather_skewed(rng):
-    # One expert for every route (its slots span many CTAs' ranges), a few hot
-    # experts, every route dropped, routes only at the end.
-    numel = 2000
-    hot = rng.choice([3, 40, 63], numel)
-    last = np.full(numel, -1)
-    last[-7:] = [5, 5, 0, 63, 5, 1, 0]
-    for ids, bs in [(np.full(numel, 9), 1), (np.full(numel, 9), 16), (hot, 128),
-                    (np.full(numel, 64), 3), (last, 64)]:
-        for pad in (False, True):
-            check_path(np.asarray(ids, np.int32), 64, bs, f"bs={bs}", pad_sorted_ids=pad)
-
-
-def test_cuda_gather_large_padding(rng):
-    # P far above numel: 1024 experts at bs 4097 with 2000 routes is ~4M slots
-    # (128 CTAs of ~33 K slots each); bs 65536 over 40 experts, 2.6 M slots.
-    ids = rng.permutation(np.arange(2000) % 1024).astype(np.int32)
-    ids[::7] = -1
-    check_path(ids, 1024, 4097, "bs=4097", pad_sorted_ids=True)
-    check_path(random_ids(rng, (100,), 40), 40, 65536, "bs=65536")
-
-
-def test_cuda_gather_expert_map(rng):
-    # L from the map (1024 with E 1100 takes the path; 1025 does not).
-    for numel, E, L in [(40, 64, 8), (700, 256, 200), (2048, 1100, 1024), (2048, 1100, 1025),
-                        (1500, 2000, 1)]:
-        emap = wild_map(rng, E, L)
-        ids = random_ids(rng, (numel,), E)
-        for bs in (1, 16, 300):
-            check_path(ids, E, bs, f"map numel={numel} E={E} L={L} bs={bs}", emap, L,
-                       pad_sorted_ids=True)
-
-
-def test_cuda_gather_id_dtypes(rng):
-    ids = random_ids(rng, (300,), 77, np.uint32)
-    ids[:2] = [np.iinfo(np.uint32).max, 77]
-    check_path(ids, 77, 8, "uint32")
-    check_path(random_ids(rng, (2047,), 100, np.int8), 100, 2, "int8")
-    check_path(random_ids(rng, (128, 8), 256, np.int16), 256, 64, "int16 128 x 8")
-    with jax.enable_x64(True):
-        ids = random_ids(rng, (128, 2), 77, np.int64)
-        ids[0, :2] = [2**40, -2**40]
-        ids[1, :2] = [77 + 2**32, 3 + 2**32]
-        check_path(ids, 77, 8, "int64")
-
-
-def test_cuda_gather_vmap(rng):
-    for numel, bs in [(33, 4), (256, 128), (2048, 64)]:
-        check_vmap(rng, 3, numel, bs)
-
-
-def test_cuda_gather_forced(rng):
-    # JAX_MOE_ALIGN_GATHER=8192 (benchmark A/B) gives the gather kernel up to 8192
-    # routes (walk ranges of up to 512 routes, 16 warps).
-    run_forced(rng, JAX_MOE_ALIGN_GATHER="8192")
-
-
-# Mid sizes, 2048 < numel <= 32768 routes and <= 1024 local experts: the
-# grid-sync path (cc/align/align_gridsync.cu) by default, the one-pass path
-# (cc/align/align_onepass.cu) where the grid cannot be co-resident or
-# JAX_MOE_ALIGN_GRIDSYNC=0 (test_cuda_one_pass_forced). Both bounds, chunk
-# boundaries (31745 = 125 one-pass chunks of 256, the last one 1 route; 32767)
-# and the neighbours' sizes; the sizes up to 2048 run the gather path (the
-# forced test gives them, 545 = 3 one-pass chunks of 192, 192 and 161 among
-# them, to the one-pass kernel).
+# Mid sizes, 512 < numel <= 32768 routes and <= 1024 local experts: the
+# one-pass path (cc/align/align_onepass.cu) below 8192 routes, the grid-sync
+# path (cc/align/align_gridsync.cu) from there (one pass again where the grid
+# cannot be co-resident or JAX_MOE_ALIGN_GRIDSYNC=0: test_cuda_one_pass_forced).
+# Both bounds, chunk boundaries (545 = 3 one-pass chunks of 192, 192 and 161;
+# 31745 = 125 chunks of 256, the last one 1 route; 32767) and the neighbours'
+# sizes.
 ONE_PASS_NUMELS = [512, 513, 544, 545, 1024, 1025, 2048, 2049, 8192, 8193, 16385, 31745, 32767,
                    32768, 32769]
 
@@ -360,11 +285,10 @@ def run_forced(rng, **env):
 
 
 def test_cuda_one_pass_forced(rng):
-    # JAX_MOE_ALIGN_ONEPASS=all (benchmark A/B) with the gather and grid-sync paths
-    # off gives the one-pass kernel every size above the one-warp path up to 32768
-    # (and the fallback of the grid-sync path): it must stay exact there.
-    run_forced(rng, JAX_MOE_ALIGN_ONEPASS="all", JAX_MOE_ALIGN_GATHER="0",
-               JAX_MOE_ALIGN_GRIDSYNC="0")
+    # JAX_MOE_ALIGN_ONEPASS=all (benchmark A/B) with the grid-sync path off gives
+    # the one-pass kernel every size above the one-warp path up to 32768 (as when
+    # the grid sync falls back): it must stay exact there.
+    run_forced(rng, JAX_MOE_ALIGN_ONEPASS="all", JAX_MOE_ALIGN_GRIDSYNC="0")
 
 
 # The grid-sync path beyond the one-pass sizes: chunks of <= 8192 routes over

@@ -11,14 +11,10 @@
 // - one warp (numel <= kOneWarpMaxRoutes = 32, num_local <= 1024,
 //   align_tiny.cu): one launch; every warp ranks all routes by ballots and
 //   writes its own slice of the outputs, no CTA barrier.
-// - gather (numel <= GatherMaxRoutes() = 2048, num_local <= 1024,
-//   align_gather.cu): one launch of P / 2048 CTAs; every CTA ranks all routes
-//   into a compact list in shared memory and writes one range of output slots
-//   with coalesced stores.
-// - grid sync (num_local <= 1024, chunks of <= kSmallTile routes,
-//   align_gridsync.cu): one cooperative launch; CTAs rank their chunks, publish
-//   chunk counts, meet at one grid barrier, sum the counts and scatter. Not
-//   taken when the grid could not be co-resident.
+// - grid sync (numel >= 8192, num_local <= 1024, chunks of <= kSmallTile
+//   routes, align_gridsync.cu, see GridSyncSize): one cooperative launch; CTAs
+//   rank their chunks, publish chunk counts, meet at one grid barrier, sum the
+//   counts and scatter. Not taken when the grid could not be co-resident.
 // - one pass (kOnePassMinRoutes < numel <= kOnePassMaxRoutes, num_local <= 1024,
 //   align_onepass.cu, see UseOnePass; now the grid sync's fallback): one
 //   launch of numel / 256 CTAs; every CTA counts all routes, scans the same
@@ -32,8 +28,7 @@
 //   them to start + CTA offset + rank, while extra CTAs fill padding slots and
 //   block owners. No global atomics on expert counters.
 // A/B switches (read once per process): JAX_MOE_ALIGN_RANKING=sort forces the
-// tile sort everywhere; JAX_MOE_ALIGN_GATHER=0|<max routes>,
-// JAX_MOE_ALIGN_GRIDSYNC=0, JAX_MOE_ALIGN_ONEPASS=0|all (see UseOnePass).
+// tile sort everywhere; JAX_MOE_ALIGN_GRIDSYNC=0, JAX_MOE_ALIGN_ONEPASS=0|all (see UseOnePass).
 #include <cub/block/block_scan.cuh>
 
 #include <cstdlib>
@@ -158,7 +153,6 @@ cudaError_t LaunchAlignCuda(const AlignCudaArgs& a, cudaStream_t stream) {
   const int32_t L = p.num_local;
   const bool warp_rank = L <= kWarpRankMaxExperts && !SortRankingForced();
   if (warp_rank && p.numel <= kOneWarpMaxRoutes) return LaunchOneWarpAlign(a, stream);
-  if (warp_rank && p.numel <= GatherMaxRoutes()) return LaunchGatherAlign(a, stream);
   if (warp_rank) {
     bool launched = false;
     const cudaError_t err = LaunchGridSyncAlign(a, stream, &launched);

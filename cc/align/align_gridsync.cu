@@ -143,6 +143,15 @@ bool GridSyncAllowed() {
   return allowed;
 }
 
+// Sizes where the grid sync beats the one-pass kernel (H200, A/B of both in one
+// run): from 8192 routes (4096 x 2, E 64: 8.4 vs 9.5 us; 4096 x 8, E 256: 9.5 vs
+// 22.7; 65536 x 2, E 64: 10.3 vs 23.9), but not at 8192 routes over more than 256
+// experts (1024 x 8, E 1024: 11.7 vs 11.0). Below, the one-pass and single-CTA
+// kernels stay (not measured under the grid sync).
+bool GridSyncSize(int64_t numel, int32_t L) {
+  return numel > 8192 || (numel >= 8192 && L <= 256);
+}
+
 // CTAs of the current device that can be resident at once running `kernel`
 // with `bytes` of dynamic shared memory (0 when cooperative launches are not
 // supported or the query fails).
@@ -173,7 +182,7 @@ int64_t GridSyncCtas(int64_t numel, int32_t L) {
 cudaError_t LaunchGridSyncAlign(const AlignCudaArgs& a, cudaStream_t stream, bool* launched) {
   *launched = false;
   const AlignProblem& p = a.problem;
-  if (!GridSyncAllowed()) return cudaSuccess;
+  if (!GridSyncAllowed() || !GridSyncSize(p.numel, p.num_local)) return cudaSuccess;
   const int64_t G = GridSyncCtas(p.numel, p.num_local);
   const int64_t chunk = CeilDiv(CeilDiv(p.numel, G), 32) * 32;
   if (chunk > kSmallTile) return cudaSuccess;

@@ -16,18 +16,11 @@ constexpr int32_t kWarpRankMaxExperts = 1024;
 // one launch without CTA barriers, every warp ranks all routes itself.
 constexpr int64_t kOneWarpMaxRoutes = 32;
 cudaError_t LaunchOneWarpAlign(const AlignCudaArgs& a, cudaStream_t stream);
-// One launch of CTAs that each rank all routes and write a range of output
-// slots (align_gather.cu), kOneWarpMaxRoutes < numel <= GatherMaxRoutes(),
-// num_local <= kWarpRankMaxExperts. GatherMaxRoutes() is kGatherMaxRoutes unless
-// JAX_MOE_ALIGN_GATHER (A/B testing) says otherwise, up to kGatherMaxRoutesCap.
-constexpr int64_t kGatherMaxRoutes = 2048;
-constexpr int64_t kGatherMaxRoutesCap = 8192;
-int64_t GatherMaxRoutes();
-cudaError_t LaunchGatherAlign(const AlignCudaArgs& a, cudaStream_t stream);
 // One cooperative launch with one grid barrier (align_gridsync.cu), num_local <=
 // kWarpRankMaxExperts, chunks of <= kSmallTile routes per CTA. Sets *launched to
-// false (and launches nothing) when the grid could not be co-resident, the
-// chunks would be too long, or JAX_MOE_ALIGN_GRIDSYNC=0.
+// false (and launches nothing) below its sizes (GridSyncSize), when the grid
+// could not be co-resident, the chunks would be too long, or
+// JAX_MOE_ALIGN_GRIDSYNC=0.
 cudaError_t LaunchGridSyncAlign(const AlignCudaArgs& a, cudaStream_t stream, bool* launched);
 // One launch of several CTAs without inter-CTA communication (align_onepass.cu),
 // kOnePassMinRoutes < numel <= kOnePassMaxRoutes, num_local <= kWarpRankMaxExperts
