@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the H200 session runs, in one call of the device tool:
-#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gridsyncab|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [alignphases (last)] [racecheck]
+#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gridsyncab|gridsynctune|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [alignphases (last)] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
 # (.ci/sanitize.py), and the benchmarks (align, ep, dispatch; benchmulti: EP over all
@@ -53,12 +53,21 @@ for stage in $stages; do
         env $v timeout 90 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-16 128 1024 4096 16384 65536} \
             --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
       done ;;
-    alignphases)  # per-phase cycles of the one-pass align kernel: a profiling build
+    gridsynctune)  # the grid sync's CTA count: routes per CTA at least, G x L cap
+      for v in "" "JAX_MOE_ALIGN_GRIDSYNC_MIN_CHUNK=1024" "JAX_MOE_ALIGN_GRIDSYNC_MIN_CHUNK=2048" \
+               "JAX_MOE_ALIGN_GRIDSYNC_ROW_WORDS=32768" "JAX_MOE_ALIGN_GRIDSYNC_ROW_WORDS=65536"; do
+        echo "--- ${v:-default}"
+        env $v timeout 60 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-1024 4096 16384 65536} \
+            --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
+      done ;;
+    alignphases)  # per-phase cycles of the one-pass and grid-sync align kernels: a profiling build
       # (run it last: later stages would time the instrumented kernel)
       JAX_MOE_ALIGN_PHASES=ON python3 -m pip install -q --no-build-isolation --no-deps . \
           > "$OUT/build_phases.log" 2>&1 \
         || { tail -30 "$OUT/build_phases.log"; exit 1; }
-      timeout 120 python3 .ci/align_phases.py ${PHASE_SHAPES:-} 2>&1 | tail -14 | tee "$OUT/align_phases.txt" ;;
+      for k in onepass gridsync; do
+        timeout 90 python3 .ci/align_phases.py --kernel $k ${PHASE_SHAPES:-} 2>&1 | tail -12 | tee -a "$OUT/align_phases.txt"
+      done ;;
     ncualign)  # stall reasons of the align kernels (device memory not preallocated: replay)
       timeout ${NCU_CAP:-200} ncu --clock-control none --kernel-name regex:Align --launch-count 21 --section LaunchStats \
           --section SpeedOfLight --section WarpStateStats --section SourceCounters \

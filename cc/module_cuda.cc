@@ -16,14 +16,16 @@ NB_MODULE(_jax_moe_cuda, m) {
   m.def("registrations", &jax_moe::Registrations,
         "Map of FFI target name -> handler capsule for platform 'CUDA'.");
 #ifdef JAX_MOE_ALIGN_PHASES
-  // Profiling builds only (align/align_phases.h): the one-pass kernel's clock64
-  // marks since the last call, [kPhaseCtas * kPhaseSlots], then zeroed.
-  m.attr("onepass_phase_slots") = jax_moe::kPhaseSlots;
-  m.def("onepass_phases", [] {
+  // Profiling builds only (align/align_phases.h): a kernel's clock64 marks since
+  // the last call, [kPhaseCtas * kPhaseSlots], then zeroed.
+  m.attr("align_phase_slots") = jax_moe::kPhaseSlots;
+  auto marks = [](int (*copy)(int64_t*), const char* name) {
     std::vector<int64_t> out(size_t{jax_moe::kPhaseCtas} * jax_moe::kPhaseSlots);
-    const int err = jax_moe::CopyOnePassPhases(out.data());
-    if (err != 0) throw std::runtime_error("onepass_phases: CUDA error " + std::to_string(err));
+    const int err = copy(out.data());
+    if (err != 0) throw std::runtime_error(std::string(name) + ": CUDA error " + std::to_string(err));
     return out;
-  });
+  };
+  m.def("onepass_phases", [marks] { return marks(jax_moe::CopyOnePassPhases, "onepass_phases"); });
+  m.def("gridsync_phases", [marks] { return marks(jax_moe::CopyGridSyncPhases, "gridsync_phases"); });
 #endif
 }

@@ -23,12 +23,20 @@
 
 #include "align/align_device.cuh"
 #include "align/align_launch.h"
+#include "align/align_phase_marks.cuh"
 #include "align/align_walk.cuh"
 
 namespace jax_moe {
 namespace {
 
 using namespace align_device;
+
+#ifdef JAX_MOE_ALIGN_PHASES
+// Profiling builds: thread 0 stamps mark i (a barrier before it makes it the
+// CTA's time, except for marks 3 and 7, thread 0's own publish and fill share).
+__device__ PhaseMarks g_gridsync_phases;
+#endif
+#define GRIDSYNC_PHASE(i) ALIGN_PHASE(g_gridsync_phases, i)
 
 constexpr int kSyncThreads = 512;
 // Loads in flight per thread while staging a chunk (<= 8192 routes in one round).
@@ -106,6 +114,7 @@ __global__ void __launch_bounds__(kSyncThreads)
   int32_t* whist = part + 2 * part_words;  // [W, L] per-warp offsets in the chunk
   int32_t* tile = whist + W * L;           // [chunk] lane | rank << 16
 
+  GRIDSYNC_PHASE(0);
   for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) before[e] = 0;
   for (int32_t k = threadIdx.x; k < W * L; k += kSyncThreads) whist[k] = 0;
   ForLanes<kSyncItems>(static_cast<const Id*>(q.ids), begin, n, p.num_experts, q.expert_map, L,
@@ -113,25 +122,36 @@ __global__ void __launch_bounds__(kSyncThreads)
                          if (k < n) tile[k] = e;
                        });
   __syncthreads();
+  GRIDSYNC_PHASE(1);
   WalkTile(tile, n, per, W, L, whist);
   __syncthreads();
+  GRIDSYNC_PHASE(2);
   PrefixOverWarps(whist, W, L, before);  // before[e] := the chunk's count of e
   int32_t* rows = q.workspace;           // [G, L]
   for (int32_t e = threadIdx.x; e < L; e += kSyncThreads)
     rows[static_cast<int64_t>(c) * L + e] = before[e];  // same thread as the prefix
+  GRIDSYNC_PHASE(3);
   // Every CTA's row is written (and, by the barrier's fences, visible) after it.
   cooperative_groups::this_grid().sync();
+  GRIDSYNC_PHASE(4);
   SumRows(rows, G, L, c, part, before, total);
   __syncthreads();
+  GRIDSYNC_PHASE(5);
   ScanExperts<kSyncThreads>(total, L, p.block_size, nullptr, pstart, scan_tmp);
   __syncthreads();
+  GRIDSYNC_PHASE(6);
   if (c == 0 && threadIdx.x == 0) *q.post_pad = pstart[L];
   FillShare<kSyncThreads>(pstart, total, L, p, q.sorted, q.expert_ids);
+  GRIDSYNC_PHASE(7);
   // The chunk's first route of expert e goes to pstart[e] + before[e]; whist
   // holds each warp range's offset inside the chunk.
   for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) before[e] += pstart[e];
   __syncthreads();
   ScatterTile(tile, n, per, L, whist, before, begin, q.sorted);
+#ifdef JAX_MOE_ALIGN_PHASES
+  __syncthreads();  // mark 8: the whole CTA is done
+#endif
+  GRIDSYNC_PHASE(8);
 }
 
 // JAX_MOE_ALIGN_GRIDSYNC=0 (A/B testing, read once per process) turns the path off.
@@ -167,17 +187,36 @@ int64_t CoResidentCtas(Kernel kernel, size_t bytes) {
   return coop ? int64_t{sms} * per_sm : 0;
 }
 
+// A/B knobs (read once per process; defaults otherwise): an integer variable in
+// [lo, hi], else `fallback`.
+int64_t EnvInt(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  const char* v = std::getenv(name);
+  const long long x = v != nullptr ? std::atoll(v) : 0;
+  return x >= lo && x <= hi ? int64_t{x} : fallback;
+}
+
 // CTAs (chunks) of a problem: one per kSyncMinChunk routes up to the
 // workspace's rows (align_plan::SyncRows), fewer for many experts (each CTA
-// reads G * L words after the barrier).
+// reads G * L words after the barrier). For A/B runs,
+// JAX_MOE_ALIGN_GRIDSYNC_MIN_CHUNK raises the routes per CTA and
+// JAX_MOE_ALIGN_GRIDSYNC_ROW_WORDS moves the G * L cap.
 int64_t GridSyncCtas(int64_t numel, int32_t L) {
-  int64_t g = align_plan::SyncRows(numel);
-  const int64_t by_rows = kSyncRowWords / (L > 0 ? L : 1);
+  static const int64_t min_chunk =
+      EnvInt("JAX_MOE_ALIGN_GRIDSYNC_MIN_CHUNK", kSyncMinChunk, kSyncMinChunk, kSmallTile);
+  static const int64_t row_words =
+      EnvInt("JAX_MOE_ALIGN_GRIDSYNC_ROW_WORDS", kSyncRowWords, 1024, int64_t{1} << 20);
+  int64_t g = align_plan::SyncRows(numel);  // the workspace holds this many rows
+  if (g > CeilDiv(numel, min_chunk)) g = CeilDiv(numel, min_chunk);
+  const int64_t by_rows = row_words / (L > 0 ? L : 1);
   if (g > by_rows) g = by_rows;
   return g < 1 ? 1 : g;
 }
 
 }  // namespace
+
+#ifdef JAX_MOE_ALIGN_PHASES
+int CopyGridSyncPhases(int64_t* out) { return CopyPhaseMarks(g_gridsync_phases, out); }
+#endif
 
 cudaError_t LaunchGridSyncAlign(const AlignCudaArgs& a, cudaStream_t stream, bool* launched) {
   *launched = false;

@@ -22,7 +22,7 @@
 
 #include "align/align_device.cuh"
 #include "align/align_launch.h"
-#include "align/align_phases.h"
+#include "align/align_phase_marks.cuh"
 #include "align/align_walk.cuh"
 
 namespace jax_moe {
@@ -31,21 +31,11 @@ namespace {
 using namespace align_device;
 
 #ifdef JAX_MOE_ALIGN_PHASES
-__device__ long long g_onepass_phases[kPhaseCtas][kPhaseSlots];
 // Profiling builds: thread 0 stamps mark i (the barrier before it makes it the
 // CTA's time, except for mark 5, thread 0's own fill share).
-#define ONEPASS_PHASE(i)                                                     \
-  do {                                                                       \
-    if (threadIdx.x == 0 && blockIdx.y == 0 && blockIdx.x < kPhaseCtas) {    \
-      g_onepass_phases[blockIdx.x][i] = clock64();                           \
-      if ((i) == 0) g_onepass_phases[blockIdx.x][kPhaseMarks] = gridDim.x;   \
-    }                                                                        \
-  } while (0)
-#else
-#define ONEPASS_PHASE(i) \
-  do {                   \
-  } while (0)
+__device__ PhaseMarks g_onepass_phases;
 #endif
+#define ONEPASS_PHASE(i) ALIGN_PHASE(g_onepass_phases, i)
 
 constexpr int kOnePassThreads = 512;
 // Routes ranked per CTA at most (a multiple of 32). H200 A/B (all sizes on this
@@ -152,13 +142,7 @@ int64_t MaxChunk() {
 }  // namespace
 
 #ifdef JAX_MOE_ALIGN_PHASES
-int CopyOnePassPhases(int64_t* out) {
-  static_assert(sizeof(long long) == sizeof(int64_t), "clock64 marks copy as int64");
-  cudaError_t err = cudaMemcpyFromSymbol(out, g_onepass_phases, sizeof(g_onepass_phases));
-  static const long long zeros[kPhaseCtas][kPhaseSlots] = {};
-  if (err == cudaSuccess) err = cudaMemcpyToSymbol(g_onepass_phases, zeros, sizeof(zeros));
-  return static_cast<int>(err);
-}
+int CopyOnePassPhases(int64_t* out) { return CopyPhaseMarks(g_onepass_phases, out); }
 #endif
 
 cudaError_t LaunchOnePassAlign(const AlignCudaArgs& a, cudaStream_t stream) {
