@@ -34,9 +34,9 @@ if "align" in parts:
         out2 = jax.jit(jax.vmap(lambda x: jax_moe.moe_align_block_size(x, min(E, 1024), bs)))(
             np.stack([ids, ids[::-1]]))
         jax.block_until_ready((out, out2))
-    # The one-pass path (512 < numel < 8192, <= 1024 local experts) and the grid
-    # sync (from 8192): both bounds, a last chunk of one route, P over the most
-    # CTAs (bs 4097), int64 ids, vmap.
+    # The single-CTA path (33 routes), the one-pass path (512 < numel < 8192,
+    # <= 1024 local experts) and the grid sync (from 8192): both bounds, a last
+    # chunk of one route, P over many CTAs (bs 4097), int64 ids, vmap.
     for numel, E, bs in [(33, 1024, 4097), (513, 64, 128), (2048, 1024, 4097), (2049, 8, 1),
                          (8192, 1024, 4097), (31745, 256, 64), (8192, 8, 3), (32768, 40, 3)]:
         ids = rng.integers(-5, E + 5, size=numel).astype(np.int32)

@@ -3,8 +3,8 @@
 Covers the CUDA paths (one warp's worth of routes, <= 32, and <= 1024 local
 experts; grid sync from 8192 routes and <= 1024 local experts; one pass of
 several CTAs for 512 < numel <= 32768 and <= 1024 local experts; single block
-up to 8192 routes; multi block beyond) and their boundaries, all id dtypes, expert maps, vmapped batches, and
-repeated runs."""
+up to 8192 routes; multi block beyond) and their boundaries, all id dtypes,
+expert maps, vmapped batches, and repeated runs."""
 import itertools
 import os
 import subprocess
