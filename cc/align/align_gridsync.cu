@@ -47,11 +47,16 @@ constexpr int64_t kSyncRowWords = 16384;
 
 static_assert(kSyncItems * kSyncThreads >= kSmallTile, "a chunk is staged in one round");
 
-// Shared words: before [L] | total [L] | pstart [L + 1] | part [2, max(L, T)] |
+// Words of each of the two partial-sum arrays of SumRows: segments x L <= T
+// when L < T, else L.
+__host__ __device__ inline int32_t PartWords(int32_t L) {
+  return L > kSyncThreads ? L : kSyncThreads;
+}
+
+// Shared words: before [L] | total [L] | pstart [L + 1] | part [2, PartWords] |
 // whist [W, L] | tile [chunk].
 size_t SyncSharedBytes(int32_t chunk, int32_t L) {
-  const int64_t part = L > kSyncThreads ? L : kSyncThreads;
-  const int64_t words = 3 * int64_t{L} + 1 + 2 * part +
+  const int64_t words = 3 * int64_t{L} + 1 + 2 * int64_t{PartWords(L)} +
                         int64_t{RankWarps<kSyncThreads>(chunk, L)} * L + (chunk > 0 ? chunk : 1);
   return static_cast<size_t>(words) * sizeof(int32_t);
 }
@@ -59,12 +64,12 @@ size_t SyncSharedBytes(int32_t chunk, int32_t L) {
 // before[e] := routes of expert e in rows [0, c) of rows [G, L]; total[e] := in
 // all rows. Fewer experts than threads: each expert's rows are split into segs
 // segments over several threads, whose partial sums meet in part (2 x
-// max(L, kSyncThreads) words).
+// PartWords(L) words).
 __device__ void SumRows(const int32_t* rows, int32_t G, int32_t L, int32_t c, int32_t* part,
                         int32_t* before, int32_t* total) {
   const int32_t segs = L < kSyncThreads ? kSyncThreads / L : 1;
   int32_t* part_before = part;
-  int32_t* part_total = part + (L > kSyncThreads ? L : kSyncThreads);
+  int32_t* part_total = part + PartWords(L);
   for (int32_t t = threadIdx.x; t < segs * L; t += kSyncThreads) {
     const int32_t e = t % L, seg = t / L;
     const int32_t g0 = static_cast<int32_t>(int64_t{G} * seg / segs);
@@ -106,12 +111,11 @@ __global__ void __launch_bounds__(kSyncThreads)
   const int32_t n = min(begin + chunk, numel) - begin;
   const int W = RankWarps<kSyncThreads>(n, L);
   const int32_t per = RoutesPerWarp(n, W);
-  const int32_t part_words = L > kSyncThreads ? L : kSyncThreads;
   int32_t* before = smem;                  // [L] chunk counts, then routes before the chunk
   int32_t* total = before + L;             // [L] all routes of each expert
   int32_t* pstart = total + L;             // [L + 1] padded starts
-  int32_t* part = pstart + (L + 1);        // [2, part_words] partial row sums
-  int32_t* whist = part + 2 * part_words;  // [W, L] per-warp offsets in the chunk
+  int32_t* part = pstart + (L + 1);        // [2, PartWords(L)] partial row sums
+  int32_t* whist = part + 2 * PartWords(L);  // [W, L] per-warp offsets in the chunk
   int32_t* tile = whist + W * L;           // [chunk] lane | rank << 16
 
   GRIDSYNC_PHASE(0);
