@@ -12,15 +12,12 @@ MAX_CTAS = 128       # CTAs of the multi-block path (about one per SM)
 SYNC_MIN_CHUNK = 512  # routes per workspace row of the grid-sync path (kSyncMinChunk)
 
 
-def num_ctas(numel: int) -> int:
-    return max(1, min(MAX_CTAS, -(-numel // TILE)))
-
-
 def sync_rows(numel: int) -> int:
     return max(1, min(MAX_CTAS, -(-numel // SYNC_MIN_CHUNK)))
 
 
 def workspace_words(numel: int, num_local: int) -> int:
     """int32 words: per-CTA offsets [G, L], expert starts [L+1], counts [L] (multi
-    block), or per-CTA counts [G', L] (grid sync, G' = sync_rows >= num_ctas)."""
+    block, G = ceil(numel / TILE) <= MAX_CTAS), or per-CTA counts [G', L] (grid
+    sync, G' = sync_rows(numel) >= G)."""
     return sync_rows(numel) * num_local + 2 * num_local + 1
