@@ -1,12 +1,12 @@
-"""Per-phase SM cycles of the one-pass or grid-sync align kernel (stage
+"""Per-phase SM cycles of the one-pass, grid-sync or staged align kernel (stage
 `alignphases` of .ci/gpu_check.sh; needs a profiling build:
 cmake.define.JAX_MOE_ALIGN_PHASES=ON).
 
-`python3 .ci/align_phases.py [--kernel onepass|gridsync] [T,K,E,bs ...]`: for
+`python3 .ci/align_phases.py [--kernel onepass|gridsync|staged] [T,K,E,bs ...]`: for
 each shape (default: that kernel's shapes of the benchmark) the op runs a few
 times; after each run the marks of every CTA are
 read back (cc/align/align_phases.h). Printed per phase: the median and the max
-over CTAs of that phase's cycles, medians over runs; 'total' is mark 7 - mark 0
+over CTAs of that phase's cycles, medians over runs; 'total' is the last mark - mark 0
 of each CTA, 'spread' the last CTA end minus the first CTA start (SM clocks are
 not synchronized across SMs, so spread is only indicative)."""
 import sys
@@ -25,6 +25,8 @@ KERNELS = {
                  [(4096, 2, 64, 128), (4096, 2, 8, 16), (1024, 8, 256, 64), (4096, 8, 256, 64),
                   (4096, 8, 1024, 64), (16384, 2, 64, 128), (65536, 2, 64, 128),
                   (65536, 8, 256, 64)]),
+    "staged": (["zero", "stage", "walk", "prefix", "scan", "place", "copy"],
+               [(128, 2, 8, 16), (128, 2, 64, 128), (16, 8, 256, 64), (64, 2, 64, 128)]),
 }
 RUNS = 7
 

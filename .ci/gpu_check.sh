@@ -60,12 +60,12 @@ for stage in $stages; do
         env $v timeout 60 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-1024 4096 16384 65536} \
             --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
       done ;;
-    alignphases)  # per-phase cycles of the one-pass and grid-sync align kernels: a profiling build
+    alignphases)  # per-phase cycles of the one-pass, grid-sync and staged align kernels: a profiling build
       # (run it last: later stages would time the instrumented kernel)
       JAX_MOE_ALIGN_PHASES=ON python3 -m pip install -q --no-build-isolation --no-deps . \
           > "$OUT/build_phases.log" 2>&1 \
         || { tail -30 "$OUT/build_phases.log"; exit 1; }
-      for k in onepass gridsync; do
+      for k in ${PHASE_KERNELS:-onepass gridsync staged}; do
         timeout 90 python3 .ci/align_phases.py --kernel $k ${PHASE_SHAPES:-} 2>&1 | tail -12 | tee -a "$OUT/align_phases.txt"
       done ;;
     ncualign)  # stall reasons of the align kernels (device memory not preallocated: replay)

@@ -27,5 +27,6 @@ NB_MODULE(_jax_moe_cuda, m) {
   };
   m.def("onepass_phases", [marks] { return marks(jax_moe::CopyOnePassPhases, "onepass_phases"); });
   m.def("gridsync_phases", [marks] { return marks(jax_moe::CopyGridSyncPhases, "gridsync_phases"); });
+  m.def("staged_phases", [marks] { return marks(jax_moe::CopyStagedPhases, "staged_phases"); });
 #endif
 }

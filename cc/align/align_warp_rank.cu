@@ -13,12 +13,21 @@
 
 #include "align/align_device.cuh"
 #include "align/align_launch.h"
+#include "align/align_phase_marks.cuh"
 #include "align/align_walk.cuh"
 
 namespace jax_moe {
 namespace {
 
 using namespace align_device;
+
+#ifdef JAX_MOE_ALIGN_PHASES
+// Profiling builds: thread 0 of the staged kernel stamps mark i (a barrier
+// before it makes it the CTA's time, except for mark 1, thread 0's own share
+// of the zeroing and sentinels).
+__device__ PhaseMarks g_staged_phases;
+#endif
+#define STAGED_PHASE(i) ALIGN_PHASE(g_staged_phases, i)
 
 // Threads of the ranking CTAs: the multi-block scatter uses large CTAs (fewer
 // steps per warp); the single-CTA path uses 256 threads for few routes (cheaper
@@ -160,24 +169,35 @@ __global__ void __launch_bounds__(kT) AlignWarpRankStagedKernel(AlignCudaArgs a)
   int32_t* out = tile + (n > 0 ? n : 1);                // [P]
   int32_t* owner = out + P;                             // [num_blocks]
 
+  STAGED_PHASE(0);
   for (int32_t e = threadIdx.x; e <= L; e += kT) counts[e] = 0;
   for (int32_t k = threadIdx.x; k < W * L; k += kT) whist[k] = 0;
   for (int32_t s = threadIdx.x; s < P; s += kT) out[s] = n;  // sentinel
+  STAGED_PHASE(1);
   StageTile(static_cast<const Id*>(q.ids), 0, n, p.num_experts, q.expert_map, L, tile);
   __syncthreads();
+  STAGED_PHASE(2);
   WalkTile(tile, n, per, W, L, whist);
   __syncthreads();
+  STAGED_PHASE(3);
   PrefixOverWarps(whist, W, L, counts);  // counts[e] := expert e's total
   __syncthreads();
+  STAGED_PHASE(4);
   ScanExperts<kT>(counts, L, p.block_size, nullptr, pstart, scan_tmp.experts);
   __syncthreads();
+  STAGED_PHASE(5);
   if (threadIdx.x == 0) *q.post_pad = pstart[L];
   ScatterTile(tile, n, per, L, whist, pstart, 0, out);
   StageBlockOwners<kT>(pstart, counts, L, BlockSize32(p.block_size), num_blocks, owner,
                        scan_tmp.owners);  // starts with a barrier: out is complete after it
   __syncthreads();
+  STAGED_PHASE(6);
   for (int32_t s = threadIdx.x; s < P; s += kT) q.sorted[s] = out[s];
   for (int32_t b = threadIdx.x; b < num_blocks; b += kT) q.expert_ids[b] = owner[b];
+#ifdef JAX_MOE_ALIGN_PHASES
+  __syncthreads();  // mark 7: the whole CTA has issued its stores
+#endif
+  STAGED_PHASE(7);
 }
 
 // ---- multi-block step (3) ---------------------------------------------------
@@ -266,6 +286,10 @@ cudaError_t LaunchSmall(const AlignCudaArgs& a, cudaStream_t stream) {
 }
 
 }  // namespace
+
+#ifdef JAX_MOE_ALIGN_PHASES
+int CopyStagedPhases(int64_t* out) { return CopyPhaseMarks(g_staged_phases, out); }
+#endif
 
 cudaError_t LaunchWarpRankSmall(const AlignCudaArgs& a, cudaStream_t stream) {
   if (a.problem.numel <= kFewRoutes) return LaunchSmall<kSmallRankThreadsFew>(a, stream);
