@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the H200 session runs, in one call of the device tool:
-#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gridsyncab|gridsynctune|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [alignphases (last)] [racecheck]
+#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gridsyncab|gridsynctune|gridsyncscatter|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [alignphases (last)] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
 # (.ci/sanitize.py), and the benchmarks (align, ep, dispatch; benchmulti: EP over all
@@ -51,6 +51,12 @@ for stage in $stages; do
       for v in "" "JAX_MOE_ALIGN_GRIDSYNC=0"; do
         echo "--- ${v:-default}"
         env $v timeout 90 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-16 128 1024 4096 16384 65536} \
+            --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
+      done ;;
+    gridsyncscatter)  # the grid sync's two scatters (default rule, forced direct, forced sorted)
+      for v in "" "JAX_MOE_ALIGN_GRIDSYNC_SCATTER=direct" "JAX_MOE_ALIGN_GRIDSYNC_SCATTER=sorted"; do
+        echo "--- ${v:-default}"
+        env $v timeout 60 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-4096 16384 65536} \
             --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
       done ;;
     gridsynctune)  # the grid sync's CTA count: routes per CTA at least, G x L cap

@@ -275,10 +275,11 @@ def test_cuda_one_pass_large_padding(rng):
     check_path(ids, 1024, 4097, "bs=4097", pad_sorted_ids=True)
 
 
-def run_forced(rng, **env):
-    """tests/align_forced_path.py in its own process (the path switches are read
-    once per process) with the given environment variables."""
-    run = subprocess.run([sys.executable, "align_forced_path.py", str(rng.integers(1 << 30))],
+def run_forced(rng, sizes="onepass", **env):
+    """tests/align_forced_path.py over its `sizes` cases in its own process (the
+    path switches are read once per process) with the given environment
+    variables."""
+    run = subprocess.run([sys.executable, "align_forced_path.py", str(rng.integers(1 << 30)), sizes],
                          cwd=os.path.dirname(__file__), env=dict(os.environ, **env),
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -292,8 +293,9 @@ def test_cuda_one_pass_forced(rng):
 
 
 # The grid-sync path beyond the one-pass sizes: chunks of <= 8192 routes over
-# G <= 128 CTAs with G * L <= 16384 (so up to 1 M routes for L <= 128, 128 K for
-# L = 1024), row sums split over several threads per expert when L < 512.
+# G <= 128 CTAs with G * L <= 65536 (so up to 1 M routes for L <= 512, 512 K for
+# L = 1024), row sums split over several lanes per expert when L <= 256; the
+# sorted scatter by default from chunks of 2048 routes and 8 per expert.
 GRID_SYNC_CASES = [(65535, 8, 16), (65536, 256, 64), (131072, 1024, 3), (131073, 1024, 64),
                    (524288, 256, 64), (524289, 511, 1), (1048576, 128, 128), (1048577, 8, 16),
                    (300000, 1, 1), (40000, 513, 7)]
@@ -303,6 +305,13 @@ GRID_SYNC_CASES = [(65535, 8, 16), (65536, 256, 64), (131072, 1024, 3), (131073,
 def test_cuda_grid_sync_large(rng, numel, E, bs):
     ids = random_ids(rng, (numel,), E)
     check_path(ids, E, bs, f"numel={numel} E={E} bs={bs}", pad_sorted_ids=bool(rng.integers(2)))
+
+
+@pytest.mark.parametrize("scatter", ["sorted", "direct"])
+def test_cuda_grid_sync_scatter_forced(rng, scatter):
+    # Each of the grid sync's two scatters at every grid-sync size (the default
+    # rule gives the sorted one to long chunks only).
+    run_forced(rng, "gridsync", JAX_MOE_ALIGN_GRIDSYNC_SCATTER=scatter)
 
 
 def test_cuda_grid_sync_vmap_fallback(rng):

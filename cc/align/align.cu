@@ -74,7 +74,7 @@ constexpr int kScanThreads = 1024;
 
 __global__ void __launch_bounds__(kScanThreads) AlignScanKernel(AlignCudaArgs a, int64_t ctas) {
   __shared__ int32_t partial[kScanThreads];
-  __shared__ typename cub::BlockScan<long long, kScanThreads>::TempStorage scan_tmp;
+  __shared__ typename ExpertScan<kScanThreads>::TempStorage scan_tmp;
   const AlignProblem& p = a.problem;
   const int32_t L = p.num_local;
   const ProblemPtrs q = PtrsOf(a);
@@ -111,9 +111,8 @@ __global__ void __launch_bounds__(kScanThreads) AlignScanKernel(AlignCudaArgs a,
     }
     __syncthreads();
   }
-  // Route starts (ustart) are not needed here: the scatter adds CTA offsets and
-  // ranks to the padded expert starts.
-  ScanExperts<kScanThreads>(w.counts, L, p.block_size, nullptr, w.pstart, scan_tmp);
+  // Padded expert starts: the scatter adds CTA offsets and ranks to them.
+  ScanExperts<kScanThreads>(w.counts, L, p.block_size, w.pstart, scan_tmp);
   __syncthreads();
   if (threadIdx.x == 0) *q.post_pad = w.pstart[L];
 }

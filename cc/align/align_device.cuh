@@ -104,21 +104,37 @@ cudaError_t WithIdType(IdKind kind, Fn&& fn) {
 // round costs about one memory latency instead of kStageItems of them.
 constexpr int kStageItems = 8;
 
+// No work (ForLanes' default `between`).
+struct NoWork {
+  __device__ __forceinline__ void operator()() const {}
+};
+
 // Calls visit(k, lane) for every route k in [0, n) of ids + begin, in rounds
 // of kItems coalesced loads per thread. Every lane of every warp makes the
 // same number of calls (lane = L past the end), so visit may use warp
-// collectives.
-template <int kItems = kStageItems, typename Id, typename Visit>
+// collectives. between() runs once, after the first round's loads are issued
+// and before their values are used: work independent of the ids (zeroing
+// shared counters) then overlaps the memory latency instead of preceding it.
+template <int kItems = kStageItems, typename Id, typename Visit, typename Between = NoWork>
 __device__ __forceinline__ void ForLanes(const Id* ids, int64_t begin, int64_t n,
                                          int64_t num_experts, const int32_t* expert_map,
-                                         int32_t L, Visit&& visit) {
+                                         int32_t L, Visit&& visit, Between&& between = Between{}) {
   const int64_t step = blockDim.x;
-  for (int64_t k0 = 0; k0 < n; k0 += step * kItems) {
+  bool first = true;
+  for (int64_t k0 = 0; first || k0 < n; k0 += step * kItems) {
+    Id raw[kItems];
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const int64_t k = k0 + j * step + threadIdx.x;
+      raw[j] = k < n ? ids[begin + k] : Id{};
+    }
+    if (first) between();
+    first = false;
     int32_t lane[kItems];
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
       const int64_t k = k0 + j * step + threadIdx.x;
-      lane[j] = k < n ? AlignLocalExpert(ids[begin + k], num_experts, expert_map, L) : L;
+      lane[j] = k < n ? AlignLocalExpert(raw[j], num_experts, expert_map, L) : L;
     }
 #pragma unroll
     for (int j = 0; j < kItems; ++j) visit(k0 + j * step + threadIdx.x, lane[j]);
@@ -143,36 +159,38 @@ __device__ __forceinline__ uint32_t BlockSize32(int64_t block_size) {
   return block_size < 0x7fffffff ? static_cast<uint32_t>(block_size) : 0x7fffffffu;
 }
 
-// Block-wide exclusive scan over experts of (count, padded count), packed in one
-// 64-bit sum (both totals < 2^31), in one pass: each thread first sums a run of
-// consecutive experts. Writes ustart (may be null) and pstart [0..L]; entry L
-// holds the totals. counts must be visible to all threads.
+// The block scan of the expert starts: warp scans by shuffles, one barrier and
+// a scan of the warp totals, where cub's default (raking) scan has one warp
+// walk the block's values serially through shared memory (H100 phase clocks:
+// ~1400 cycles per scan over 512 threads, a third of a grid-sync CTA's time
+// after its barrier).
+template <int kT>
+using ExpertScan = cub::BlockScan<int32_t, kT, cub::BLOCK_SCAN_WARP_SCANS>;
+
+// Block-wide exclusive scan over experts of the padded counts, in one pass:
+// each thread first sums a run of consecutive experts. Writes pstart [0..L];
+// entry L holds the total (num_tokens_post_pad < 2^31: P < 2^31 is checked at
+// trace time, so every partial sum fits in 32 bits). counts must be visible to
+// all threads.
 template <int kT>
 __device__ void ScanExperts(const int32_t* counts, int32_t num_local, int64_t block_size,
-                            int32_t* ustart, int32_t* pstart,
-                            typename cub::BlockScan<long long, kT>::TempStorage& tmp) {
+                            int32_t* pstart, typename ExpertScan<kT>::TempStorage& tmp) {
   const uint32_t bs = BlockSize32(block_size);
-  auto pack = [bs](uint32_t c) {
-    return static_cast<long long>(c) | (static_cast<long long>((c + bs - 1) / bs * bs) << 32);
-  };
+  auto padded = [bs](uint32_t c) { return static_cast<int32_t>((c + bs - 1) / bs * bs); };
   const int32_t per = (num_local + kT - 1) / kT;
   const int32_t e0 = threadIdx.x * per;
-  long long sum = 0;
+  int32_t sum = 0;
   for (int32_t j = 0; j < per; ++j)
-    if (e0 + j < num_local) sum += pack(counts[e0 + j]);
-  long long run, total;
-  cub::BlockScan<long long, kT>(tmp).ExclusiveSum(sum, run, total);
+    if (e0 + j < num_local) sum += padded(counts[e0 + j]);
+  int32_t run, total;
+  ExpertScan<kT>(tmp).ExclusiveSum(sum, run, total);
   for (int32_t j = 0; j < per; ++j) {
     const int32_t e = e0 + j;
     if (e >= num_local) break;
-    if (ustart) ustart[e] = static_cast<int32_t>(run & 0xffffffffll);
-    pstart[e] = static_cast<int32_t>(run >> 32);
-    run += pack(counts[e]);
+    pstart[e] = run;
+    run += padded(counts[e]);
   }
-  if (threadIdx.x == 0) {
-    if (ustart) ustart[num_local] = static_cast<int32_t>(total & 0xffffffffll);
-    pstart[num_local] = static_cast<int32_t>(total >> 32);
-  }
+  if (threadIdx.x == 0) pstart[num_local] = total;
 }
 
 // Fill worker `worker` of `workers` (CTAs of blockDim threads): the padding
@@ -240,17 +258,19 @@ __device__ __forceinline__ int32_t OwnerOfSlot(const int32_t* pstart, int32_t L,
   return lo;
 }
 
-// Block owners, CTA c of gridDim.x: blocks [c * nb / ctas, (c + 1) * nb / ctas)
-// (starts in shared memory).
+// Block owners, CTA c of gridDim.x: blocks [c * share, (c + 1) * share) of nb,
+// share = ceil(nb / ctas) (starts in shared memory). 32-bit arithmetic: nb <=
+// P < 2^31, so c * share <= nb + ctas fits, and no 64-bit division sits on
+// the path.
 template <int kT>
 __device__ void BlockOwnersShare(const int32_t* pstart, int32_t L, const AlignProblem& p,
                                  int32_t* expert_ids) {
   const uint32_t bs = BlockSize32(p.block_size);
   const uint32_t busy_blocks = static_cast<uint32_t>(pstart[L]) / bs;
-  const uint64_t nb = static_cast<uint64_t>(p.num_blocks);
-  const uint32_t b1 = static_cast<uint32_t>(nb * (blockIdx.x + 1) / gridDim.x);
-  for (uint32_t b = static_cast<uint32_t>(nb * blockIdx.x / gridDim.x) + threadIdx.x; b < b1;
-       b += kT)
+  const uint32_t nb = static_cast<uint32_t>(p.num_blocks);
+  const uint32_t share = (nb + gridDim.x - 1) / gridDim.x;
+  const uint32_t b0 = min(nb, blockIdx.x * share), b1 = min(nb, b0 + share);
+  for (uint32_t b = b0 + threadIdx.x; b < b1; b += kT)
     expert_ids[b] = b < busy_blocks ? OwnerOfSlot(pstart, L, b * bs) : -1;
 }
 

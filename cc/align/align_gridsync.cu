@@ -41,66 +41,109 @@ __device__ PhaseMarks g_gridsync_phases;
 constexpr int kSyncThreads = 512;
 // Loads in flight per thread while staging a chunk (<= 8192 routes in one round).
 constexpr int kSyncItems = 16;
-// Workspace words every CTA reads after the barrier at most (G * L): 64 KB,
-// about 1000 cycles of L2 traffic per SM.
-constexpr int64_t kSyncRowWords = 16384;
+// Workspace words every CTA reads after the barrier at most (G * L): 256 KB
+// from L2, 8 batches of loads per thread. H100 A/B of the cap (one call, busy
+// us): 16384 -> 65536 takes 65536 x 8, E 256 from 64 to 128 CTAs (31.5 ->
+// 24.2), 16384 x 8, E 1024 from 16 to 64 (28.2 -> 17.9) and 65536 x 8, E 1024
+// from the multi-block path to 64 CTAs (47.5 -> 37.4); 4096 x 8, E 1024 went
+// 15.2 -> 14.1 (13.6 at 32 CTAs). Other shapes were already at one CTA per 512
+// routes or 128 CTAs.
+constexpr int64_t kSyncRowWords = 65536;
 
 static_assert(kSyncItems * kSyncThreads >= kSmallTile, "a chunk is staged in one round");
 
-// Words of each of the two partial-sum arrays of SumRows: segments x L <= T
-// when L < T, else L.
-__host__ __device__ inline int32_t PartWords(int32_t L) {
-  return L > kSyncThreads ? L : kSyncThreads;
-}
-
-// Shared words: before [L] | total [L] | pstart [L + 1] | part [2, PartWords] |
-// whist [W, L] | tile [chunk].
-size_t SyncSharedBytes(int32_t chunk, int32_t L) {
-  const int64_t words = 3 * int64_t{L} + 1 + 2 * int64_t{PartWords(L)} +
-                        int64_t{RankWarps<kSyncThreads>(chunk, L)} * L + (chunk > 0 ? chunk : 1);
+// Shared words: before [L] | total [L] | pstart [L + 1] | whist [W, L] |
+// tile [chunk], and for the sorted scatter lstart [L + 1] | order [chunk].
+size_t SyncSharedBytes(int32_t chunk, int32_t L, bool sorted) {
+  const int64_t tile = chunk > 0 ? chunk : 1;
+  const int64_t words = 3 * int64_t{L} + 1 + int64_t{RankWarps<kSyncThreads>(chunk, L)} * L +
+                        tile + (sorted ? int64_t{L} + 1 + tile : 0);
   return static_cast<size_t>(words) * sizeof(int32_t);
 }
 
+// Lanes that share one expert's rows in SumRows: the largest power of two <= 32
+// with that many lanes per expert for every expert in one pass of the CTA
+// (1 from L > kSyncThreads / 2 on). A power of two dividing 32, so an expert's
+// lanes are an aligned group of one warp and add up by shuffles.
+__device__ __forceinline__ int32_t RowLanes(int32_t L) {
+  int32_t s = 1;
+  while (s < 32 && 2 * s * L <= kSyncThreads) s *= 2;
+  return s;
+}
+
+// Row loads in flight per thread in SumRows.
+constexpr int kRowBatch = 16;
+
 // before[e] := routes of expert e in rows [0, c) of rows [G, L]; total[e] := in
-// all rows. Fewer experts than threads: each expert's rows are split into segs
-// segments over several threads, whose partial sums meet in part (2 x
-// PartWords(L) words).
-__device__ void SumRows(const int32_t* rows, int32_t G, int32_t L, int32_t c, int32_t* part,
-                        int32_t* before, int32_t* total) {
-  const int32_t segs = L < kSyncThreads ? kSyncThreads / L : 1;
-  int32_t* part_before = part;
-  int32_t* part_total = part + PartWords(L);
-  for (int32_t t = threadIdx.x; t < segs * L; t += kSyncThreads) {
-    const int32_t e = t % L, seg = t / L;
-    const int32_t g0 = static_cast<int32_t>(int64_t{G} * seg / segs);
-    const int32_t g1 = static_cast<int32_t>(int64_t{G} * (seg + 1) / segs);
+// all rows. S = RowLanes(L) lanes share an expert: lane j of its group loads
+// rows j, j + S, ... (kRowBatch loads in flight, from L2: the rows were
+// written by other CTAs of this launch), then the group adds up by shuffles.
+// No shared-memory partials, no barrier. Passes over experts are uniform
+// across the CTA, so every lane of a warp takes part in the shuffles.
+__device__ void SumRows(const int32_t* rows, int32_t G, int32_t L, int32_t c, int32_t* before,
+                        int32_t* total) {
+  const int32_t S = RowLanes(L);
+  const int32_t groups = kSyncThreads / S;
+  const int32_t j = threadIdx.x % S, group = threadIdx.x / S;
+  for (int32_t e0 = 0; e0 < L; e0 += groups) {
+    const int32_t e = e0 + group;
+    const bool active = e < L;
     int32_t b = 0, all = 0;
-    for (int32_t g = g0; g < g1; ++g) {
-      // Written by other CTAs in this launch: read from L2, not a stale L1 line.
-      const int32_t v = __ldcg(rows + static_cast<int64_t>(g) * L + e);
-      if (g < c) b += v;
-      all += v;
+    for (int32_t g0 = j; g0 < G; g0 += kRowBatch * S) {
+      int32_t v[kRowBatch];
+#pragma unroll
+      for (int k = 0; k < kRowBatch; ++k) {
+        const int32_t g = g0 + k * S;
+        v[k] = active && g < G ? __ldcg(rows + static_cast<int64_t>(g) * L + e) : 0;
+      }
+#pragma unroll
+      for (int k = 0; k < kRowBatch; ++k) {
+        all += v[k];
+        if (g0 + k * S < c) b += v[k];
+      }
     }
-    part_before[t] = b;
-    part_total[t] = all;
+    for (int32_t off = S / 2; off > 0; off /= 2) {
+      b += __shfl_xor_sync(0xffffffffu, b, off);
+      all += __shfl_xor_sync(0xffffffffu, all, off);
+    }
+    if (active && j == 0) {
+      before[e] = b;
+      total[e] = all;
+    }
+  }
+}
+
+// Sorted scatter: the chunk's routes are first put in the chunk's own expert
+// order in shared memory (order[lstart[e] + rank] = k | e << 16), then stored
+// in that order: the chunk's routes of one expert fill consecutive output
+// slots, so consecutive threads store to consecutive slots, where the direct
+// scatter stores each route on its own (one memory transaction per route:
+// ~15 k cycles for 8192 routes on one SM). Costs a scan of the chunk's counts
+// and one more barrier.
+__device__ void ScatterSorted(const int32_t* tile, int32_t n, int32_t per, int32_t L,
+                              const int32_t* whist, const int32_t* lstart, const int32_t* first,
+                              int32_t begin, int32_t* order, int32_t* sorted) {
+  for (int32_t k = threadIdx.x; k < n; k += kSyncThreads) {
+    const int32_t v = tile[k];
+    const int32_t e = v & 0xffff;
+    if (e >= L) continue;
+    const int32_t w = static_cast<uint32_t>(k) / static_cast<uint32_t>(per);
+    order[lstart[e] + whist[w * L + e] + (v >> 16)] = k | (e << 16);  // k < 2^16, e < 2^15
   }
   __syncthreads();
-  for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) {
-    int32_t b = 0, all = 0;
-    for (int32_t seg = 0; seg < segs; ++seg) {
-      b += part_before[seg * L + e];
-      all += part_total[seg * L + e];
-    }
-    before[e] = b;
-    total[e] = all;
+  const int32_t valid = lstart[L];
+  for (int32_t i = threadIdx.x; i < valid; i += kSyncThreads) {
+    const int32_t u = order[i];
+    const int32_t e = u >> 16;
+    sorted[first[e] + (i - lstart[e])] = begin + (u & 0xffff);
   }
 }
 
 template <typename Id>
 __global__ void __launch_bounds__(kSyncThreads)
-    AlignGridSyncKernel(AlignCudaArgs a, int32_t chunk) {
+    AlignGridSyncKernel(AlignCudaArgs a, int32_t chunk, int32_t sorted_scatter) {
   extern __shared__ __align__(16) int32_t smem[];
-  __shared__ typename cub::BlockScan<long long, kSyncThreads>::TempStorage scan_tmp;
+  __shared__ typename ExpertScan<kSyncThreads>::TempStorage scan_tmp;
   const AlignProblem& p = a.problem;
   const int32_t L = p.num_local;
   const int32_t G = static_cast<int32_t>(gridDim.x), c = static_cast<int32_t>(blockIdx.x);
@@ -111,20 +154,24 @@ __global__ void __launch_bounds__(kSyncThreads)
   const int32_t n = min(begin + chunk, numel) - begin;
   const int W = RankWarps<kSyncThreads>(n, L);
   const int32_t per = RoutesPerWarp(n, W);
-  int32_t* before = smem;                  // [L] chunk counts, then routes before the chunk
-  int32_t* total = before + L;             // [L] all routes of each expert
-  int32_t* pstart = total + L;             // [L + 1] padded starts
-  int32_t* part = pstart + (L + 1);        // [2, PartWords(L)] partial row sums
-  int32_t* whist = part + 2 * PartWords(L);  // [W, L] per-warp offsets in the chunk
-  int32_t* tile = whist + W * L;           // [chunk] lane | rank << 16
+  int32_t* before = smem;            // [L] chunk counts, then routes before the chunk
+  int32_t* total = before + L;       // [L] all routes of each expert
+  int32_t* pstart = total + L;       // [L + 1] padded starts
+  int32_t* whist = pstart + (L + 1);  // [W, L] per-warp offsets in the chunk
+  int32_t* tile = whist + W * L;     // [chunk] lane | rank << 16
+  int32_t* lstart = tile + (chunk > 0 ? chunk : 1);  // sorted scatter: [L + 1] chunk starts
+  int32_t* order = lstart + (L + 1);                 // sorted scatter: [chunk] k | e << 16
 
   GRIDSYNC_PHASE(0);
-  for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) before[e] = 0;
-  for (int32_t k = threadIdx.x; k < W * L; k += kSyncThreads) whist[k] = 0;
-  ForLanes<kSyncItems>(static_cast<const Id*>(q.ids), begin, n, p.num_experts, q.expert_map, L,
-                       [&](int64_t k, int32_t e) {
-                         if (k < n) tile[k] = e;
-                       });
+  ForLanes<kSyncItems>(
+      static_cast<const Id*>(q.ids), begin, n, p.num_experts, q.expert_map, L,
+      [&](int64_t k, int32_t e) {
+        if (k < n) tile[k] = e;
+      },
+      [&] {  // while the loads are in flight
+        for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) before[e] = 0;
+        for (int32_t k = threadIdx.x; k < W * L; k += kSyncThreads) whist[k] = 0;
+      });
   __syncthreads();
   GRIDSYNC_PHASE(1);
   WalkTile(tile, n, per, W, L, whist);
@@ -134,14 +181,19 @@ __global__ void __launch_bounds__(kSyncThreads)
   int32_t* rows = q.workspace;           // [G, L]
   for (int32_t e = threadIdx.x; e < L; e += kSyncThreads)
     rows[static_cast<int64_t>(c) * L + e] = before[e];  // same thread as the prefix
+  // Sorted scatter: the chunk's own expert starts (a block size of 1 pads nothing).
+  if (sorted_scatter) {
+    __syncthreads();
+    ScanExperts<kSyncThreads>(before, L, 1, lstart, scan_tmp);
+  }
   GRIDSYNC_PHASE(3);
   // Every CTA's row is written (and, by the barrier's fences, visible) after it.
   cooperative_groups::this_grid().sync();
   GRIDSYNC_PHASE(4);
-  SumRows(rows, G, L, c, part, before, total);
+  SumRows(rows, G, L, c, before, total);
   __syncthreads();
   GRIDSYNC_PHASE(5);
-  ScanExperts<kSyncThreads>(total, L, p.block_size, nullptr, pstart, scan_tmp);
+  ScanExperts<kSyncThreads>(total, L, p.block_size, pstart, scan_tmp);
   __syncthreads();
   GRIDSYNC_PHASE(6);
   if (c == 0 && threadIdx.x == 0) *q.post_pad = pstart[L];
@@ -151,7 +203,8 @@ __global__ void __launch_bounds__(kSyncThreads)
   // holds each warp range's offset inside the chunk.
   for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) before[e] += pstart[e];
   __syncthreads();
-  ScatterTile(tile, n, per, L, whist, before, begin, q.sorted);
+  if (sorted_scatter) ScatterSorted(tile, n, per, L, whist, lstart, before, begin, order, q.sorted);
+  else ScatterTile(tile, n, per, L, whist, before, begin, q.sorted);
 #ifdef JAX_MOE_ALIGN_PHASES
   __syncthreads();  // mark 8: the whole CTA is done
 #endif
@@ -174,6 +227,22 @@ bool GridSyncAllowed() {
 // kernels stay (not measured under the grid sync).
 bool GridSyncSize(int64_t numel, int32_t L) {
   return numel > 8192 || (numel >= 8192 && L <= 256);
+}
+
+// Whether the grid sync scatters through the chunk's expert order (see
+// ScatterSorted): for long chunks with several routes per expert, where the
+// direct scatter's one transaction per route dominates. Default from 2048
+// routes per chunk and >= 8 per expert on average; JAX_MOE_ALIGN_GRIDSYNC_SCATTER
+// = direct | sorted forces one (A/B testing, read once per process).
+bool SortedScatter(int64_t chunk, int32_t L) {
+  static const int mode = [] {
+    const char* v = std::getenv("JAX_MOE_ALIGN_GRIDSYNC_SCATTER");
+    if (v == nullptr) return 0;
+    if (std::strcmp(v, "direct") == 0) return 1;
+    return std::strcmp(v, "sorted") == 0 ? 2 : 0;
+  }();
+  if (mode != 0) return mode == 2;
+  return chunk >= 2048 && chunk >= 8 * int64_t{L};
 }
 
 // CTAs of the current device that can be resident at once running `kernel`
@@ -229,7 +298,8 @@ cudaError_t LaunchGridSyncAlign(const AlignCudaArgs& a, cudaStream_t stream, boo
   const int64_t G = GridSyncCtas(p.numel, p.num_local);
   const int64_t chunk = CeilDiv(CeilDiv(p.numel, G), 32) * 32;
   if (chunk > kSmallTile) return cudaSuccess;
-  const size_t bytes = SyncSharedBytes(static_cast<int32_t>(chunk), p.num_local);
+  const bool sorted = SortedScatter(chunk, p.num_local);
+  const size_t bytes = SyncSharedBytes(static_cast<int32_t>(chunk), p.num_local, sorted);
   return WithIdType(a.id_kind, [&](auto id) {
     auto kernel = AlignGridSyncKernel<decltype(id)>;
     cudaError_t err = AllowSharedBytes(kernel, bytes);
@@ -245,7 +315,8 @@ cudaError_t LaunchGridSyncAlign(const AlignCudaArgs& a, cudaStream_t stream, boo
     cooperative[0].val.cooperative = 1;
     config.attrs = cooperative;
     config.numAttrs = 1;
-    err = cudaLaunchKernelEx(&config, kernel, a, static_cast<int32_t>(chunk));
+    err = cudaLaunchKernelEx(&config, kernel, a, static_cast<int32_t>(chunk),
+                             static_cast<int32_t>(sorted));
     *launched = err == cudaSuccess;
     return err;
   });

@@ -75,7 +75,7 @@ template <typename Id>
 __global__ void __launch_bounds__(kOnePassThreads)
     AlignOnePassKernel(AlignCudaArgs a, int32_t chunk) {
   extern __shared__ __align__(16) int32_t smem[];
-  __shared__ typename cub::BlockScan<long long, kOnePassThreads>::TempStorage scan_tmp;
+  __shared__ typename ExpertScan<kOnePassThreads>::TempStorage scan_tmp;
   const AlignProblem& p = a.problem;
   const int32_t L = p.num_local;
   const int32_t numel = static_cast<int32_t>(p.numel);  // <= kOnePassMaxRoutes
@@ -92,16 +92,18 @@ __global__ void __launch_bounds__(kOnePassThreads)
   int32_t* whist = tile + (chunk > 0 ? chunk : 1);  // [W, L] per-warp counts
 
   ONEPASS_PHASE(0);
-  for (int32_t e = threadIdx.x; e < L; e += kOnePassThreads) before[e] = total[e] = 0;
-  for (int32_t k = threadIdx.x; k < W * L; k += kOnePassThreads) whist[k] = 0;
-  __syncthreads();
-  ONEPASS_PHASE(1);
   ForLanes<kCountItems>(
       static_cast<const Id*>(q.ids), 0, numel, p.num_experts, q.expert_map, L,
       [&](int64_t k64, int32_t e) {
         const int32_t k = static_cast<int32_t>(k64);
         if (static_cast<uint32_t>(k - begin) < static_cast<uint32_t>(n)) tile[k - begin] = e;
         if (e < L) atomicAdd(k < begin ? &before[e] : &total[e], 1);
+      },
+      [&] {  // while the first loads are in flight; every thread calls it once
+        for (int32_t e = threadIdx.x; e < L; e += kOnePassThreads) before[e] = total[e] = 0;
+        for (int32_t k = threadIdx.x; k < W * L; k += kOnePassThreads) whist[k] = 0;
+        __syncthreads();  // counters zeroed before the first count
+        ONEPASS_PHASE(1);
       });
   __syncthreads();
   ONEPASS_PHASE(2);
@@ -109,7 +111,7 @@ __global__ void __launch_bounds__(kOnePassThreads)
   WalkTile(tile, n, per, W, L, whist);
   __syncthreads();
   ONEPASS_PHASE(3);
-  ScanExperts<kOnePassThreads>(total, L, p.block_size, nullptr, pstart, scan_tmp);
+  ScanExperts<kOnePassThreads>(total, L, p.block_size, pstart, scan_tmp);
   __syncthreads();
   ONEPASS_PHASE(4);
   if (blockIdx.x == 0 && threadIdx.x == 0) *q.post_pad = pstart[L];

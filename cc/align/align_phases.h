@@ -17,9 +17,9 @@ namespace jax_moe {
 // scattered. Grid-sync marks: 0 entry, 1 chunk staged, 2 walked, 3 counts
 // published, 4 past the grid barrier, 5 rows summed, 6 starts scanned, 7
 // padding share written, 8 scattered. Staged (single CTA, output built in
-// shared memory): 0 entry, 1 thread 0's zeroing and sentinels, 2 routes
-// staged, 3 walked, 4 prefix over warps, 5 starts scanned, 6 routes and block
-// owners placed, 7 output copied out. Slot kPhaseMarks holds gridDim.x; unused
+// shared memory): 0 entry, 1 routes staged (shared memory zeroed meanwhile), 2
+// walked, 3 prefix over warps, 4 starts scanned, 5 routes placed and block
+// owners written, 6 output copied out. Slot kPhaseMarks holds gridDim.x; unused
 // marks stay 0. CTAs past kPhaseCtas are not recorded.
 constexpr int kPhaseMarks = 9;
 constexpr int kPhaseSlots = kPhaseMarks + 1;

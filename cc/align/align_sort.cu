@@ -77,7 +77,7 @@ struct TileSorter {
 template <int kT, int kI>
 union SmallStorage {
   typename TileSorter<kT, kI>::Storage tile;
-  typename cub::BlockScan<long long, kT>::TempStorage expert_scan;
+  typename ExpertScan<kT>::TempStorage expert_scan;
 };
 
 template <int kT, int kI>
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kT) AlignSmallKernel(AlignCudaArgs a, int lane
   __syncthreads();
   CountRoutes(ids, 0, p.numel, p.num_experts, q.expert_map, L, counts);
   __syncthreads();
-  ScanExperts<kT>(counts, L, p.block_size, nullptr, pstart, s.expert_scan);
+  ScanExperts<kT>(counts, L, p.block_size, pstart, s.expert_scan);
   __syncthreads();
   if (blockIdx.x > 0) {
     FillPadding(blockIdx.x - 1, gridDim.x - 1, pstart, counts, L, p, q.sorted, q.expert_ids);

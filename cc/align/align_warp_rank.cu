@@ -23,8 +23,7 @@ using namespace align_device;
 
 #ifdef JAX_MOE_ALIGN_PHASES
 // Profiling builds: thread 0 of the staged kernel stamps mark i (a barrier
-// before it makes it the CTA's time, except for mark 1, thread 0's own share
-// of the zeroing and sentinels).
+// before each makes it the CTA's time).
 __device__ PhaseMarks g_staged_phases;
 #endif
 #define STAGED_PHASE(i) ALIGN_PHASE(g_staged_phases, i)
@@ -46,14 +45,19 @@ constexpr int64_t kSelfFillSlots = 32768;
 static_assert(kRankTile < (1 << 16), "ranks are packed in 16 bits");
 static_assert(kWarpRankMaxExperts < (1 << 16), "lanes are packed in 16 bits");
 
-// tile[k] = lane of route begin + k, for k < n.
-template <typename Id>
+// tile[k] = lane of route begin + k, for k < n; between() runs while the first
+// round's loads are in flight (see ForLanes).
+template <typename Id, typename Between = NoWork>
 __device__ void StageTile(const Id* ids, int64_t begin, int64_t n, int64_t num_experts,
-                          const int32_t* expert_map, int32_t L, int32_t* tile) {
+                          const int32_t* expert_map, int32_t L, int32_t* tile,
+                          Between&& between = Between{}) {
   // 16 loads per thread: 8192 routes in one round for 512 threads.
-  ForLanes<16>(ids, begin, n, num_experts, expert_map, L, [&](int64_t k, int32_t e) {
-    if (k < n) tile[k] = e;
-  });
+  ForLanes<16>(
+      ids, begin, n, num_experts, expert_map, L,
+      [&](int64_t k, int32_t e) {
+        if (k < n) tile[k] = e;
+      },
+      between);
 }
 
 // ---- small path: one launch -------------------------------------------------
@@ -70,7 +74,7 @@ size_t SmallSharedBytes(int64_t numel, int32_t L) {
 template <typename Id, int kT>
 __global__ void __launch_bounds__(kT) AlignWarpRankSmallKernel(AlignCudaArgs a) {
   extern __shared__ __align__(16) int32_t smem[];
-  __shared__ typename cub::BlockScan<long long, kT>::TempStorage scan_tmp;
+  __shared__ typename ExpertScan<kT>::TempStorage scan_tmp;
   const AlignProblem& p = a.problem;
   const int32_t L = p.num_local;
   const int32_t n = static_cast<int32_t>(p.numel);  // <= kSmallTile
@@ -88,7 +92,7 @@ __global__ void __launch_bounds__(kT) AlignWarpRankSmallKernel(AlignCudaArgs a) 
     __syncthreads();
     CountRoutes(ids, 0, n, p.num_experts, q.expert_map, L, counts);
     __syncthreads();
-    ScanExperts<kT>(counts, L, p.block_size, nullptr, pstart, scan_tmp);
+    ScanExperts<kT>(counts, L, p.block_size, pstart, scan_tmp);
     __syncthreads();
     FillPadding(blockIdx.x - 1, gridDim.x - 1, pstart, counts, L, p, q.sorted, q.expert_ids);
     return;
@@ -100,7 +104,7 @@ __global__ void __launch_bounds__(kT) AlignWarpRankSmallKernel(AlignCudaArgs a) 
   __syncthreads();
   PrefixOverWarps(whist, W, L, counts);  // counts[e] := expert e's total
   __syncthreads();
-  ScanExperts<kT>(counts, L, p.block_size, nullptr, pstart, scan_tmp);
+  ScanExperts<kT>(counts, L, p.block_size, pstart, scan_tmp);
   __syncthreads();
   if (threadIdx.x == 0) *q.post_pad = pstart[L];
   ScatterTile(tile, n, per, L, whist, pstart, 0, q.sorted);
@@ -108,57 +112,28 @@ __global__ void __launch_bounds__(kT) AlignWarpRankSmallKernel(AlignCudaArgs a) 
 }
 
 // ---- small path with the output staged in shared memory --------------------
-// When P slots and P / bs block owners fit in shared memory next to the tile,
-// the single CTA builds the whole output there (sentinels, then routes, then
-// block owners by a running max) and writes it out with coalesced stores. The
-// direct scatter of the kernel above costs one memory transaction per route
-// (routes of a warp land in different experts), which one SM issues at about
-// one per cycle: ~4 us for 8192 routes.
+// When P slots fit in shared memory next to the tile, the single CTA builds
+// the route slots there (sentinels, then routes) and writes them out with
+// coalesced stores; block owners go straight to global memory (one binary
+// search over the starts per block: no barrier, no scan). The direct scatter
+// of the kernel above costs one memory transaction per route (routes of a warp
+// land in different experts), which one SM issues at about one per cycle:
+// ~4 us for 8192 routes.
 
 template <int kT>
-size_t StagedSharedWords(int64_t numel, int32_t L, int64_t padded_len, int64_t num_blocks) {
+size_t StagedSharedWords(int64_t numel, int32_t L, int64_t padded_len) {
   return 2 * (static_cast<size_t>(L) + 1) + static_cast<size_t>(RankWarps<kT>(numel, L)) * L +
-         (numel > 0 ? numel : 1) + padded_len + num_blocks;
-}
-
-// owner[b] := expert of block b, or -1 past the total. Each busy expert marks its
-// first block; a running max carries the mark over the expert's other blocks
-// (experts own blocks in increasing order).
-template <int kT>
-__device__ void StageBlockOwners(const int32_t* pstart, const int32_t* counts, int32_t L,
-                                 uint32_t bs, int32_t num_blocks, int32_t* owner,
-                                 typename cub::BlockScan<int32_t, kT>::TempStorage& tmp) {
-  for (int32_t b = threadIdx.x; b < num_blocks; b += kT) owner[b] = -1;
-  __syncthreads();
-  for (int32_t e = threadIdx.x; e < L; e += kT)
-    if (counts[e] > 0) owner[static_cast<uint32_t>(pstart[e]) / bs] = e;
-  __syncthreads();
-  const int32_t per = (num_blocks + kT - 1) / kT;
-  const int32_t b0 = threadIdx.x * per;
-  int32_t run = -1;
-  for (int32_t j = 0; j < per && b0 + j < num_blocks; ++j) run = max(run, owner[b0 + j]);
-  int32_t before;
-  cub::BlockScan<int32_t, kT>(tmp).ExclusiveScan(run, before, -1, MaxOp());
-  const uint32_t total_blocks = static_cast<uint32_t>(pstart[L]) / bs;
-  for (int32_t j = 0; j < per && b0 + j < num_blocks; ++j) {
-    const int32_t b = b0 + j;
-    before = max(before, owner[b]);
-    owner[b] = static_cast<uint32_t>(b) < total_blocks ? before : -1;
-  }
+         (numel > 0 ? numel : 1) + padded_len;
 }
 
 template <typename Id, int kT>
 __global__ void __launch_bounds__(kT) AlignWarpRankStagedKernel(AlignCudaArgs a) {
   extern __shared__ __align__(16) int32_t smem[];
-  __shared__ union {
-    typename cub::BlockScan<long long, kT>::TempStorage experts;
-    typename cub::BlockScan<int32_t, kT>::TempStorage owners;
-  } scan_tmp;
+  __shared__ typename ExpertScan<kT>::TempStorage scan_tmp;
   const AlignProblem& p = a.problem;
   const int32_t L = p.num_local;
   const int32_t n = static_cast<int32_t>(p.numel);            // <= kSmallTile
   const int32_t P = static_cast<int32_t>(p.padded_len);        // fits in shared memory
-  const int32_t num_blocks = static_cast<int32_t>(p.num_blocks);
   const ProblemPtrs q = PtrsOf(a);
   const int W = RankWarps<kT>(n, L);
   const int32_t per = RoutesPerWarp(n, W);
@@ -167,37 +142,34 @@ __global__ void __launch_bounds__(kT) AlignWarpRankStagedKernel(AlignCudaArgs a)
   int32_t* whist = pstart + (L + 1);                    // [W, L]
   int32_t* tile = whist + W * L;                        // [max(n, 1)]
   int32_t* out = tile + (n > 0 ? n : 1);                // [P]
-  int32_t* owner = out + P;                             // [num_blocks]
 
   STAGED_PHASE(0);
-  for (int32_t e = threadIdx.x; e <= L; e += kT) counts[e] = 0;
-  for (int32_t k = threadIdx.x; k < W * L; k += kT) whist[k] = 0;
-  for (int32_t s = threadIdx.x; s < P; s += kT) out[s] = n;  // sentinel
-  STAGED_PHASE(1);
-  StageTile(static_cast<const Id*>(q.ids), 0, n, p.num_experts, q.expert_map, L, tile);
+  StageTile(static_cast<const Id*>(q.ids), 0, n, p.num_experts, q.expert_map, L, tile, [&] {
+    for (int32_t e = threadIdx.x; e <= L; e += kT) counts[e] = 0;
+    for (int32_t k = threadIdx.x; k < W * L; k += kT) whist[k] = 0;
+    for (int32_t s = threadIdx.x; s < P; s += kT) out[s] = n;  // sentinel
+  });
   __syncthreads();
-  STAGED_PHASE(2);
+  STAGED_PHASE(1);
   WalkTile(tile, n, per, W, L, whist);
   __syncthreads();
-  STAGED_PHASE(3);
+  STAGED_PHASE(2);
   PrefixOverWarps(whist, W, L, counts);  // counts[e] := expert e's total
   __syncthreads();
-  STAGED_PHASE(4);
-  ScanExperts<kT>(counts, L, p.block_size, nullptr, pstart, scan_tmp.experts);
+  STAGED_PHASE(3);
+  ScanExperts<kT>(counts, L, p.block_size, pstart, scan_tmp);
   __syncthreads();
-  STAGED_PHASE(5);
+  STAGED_PHASE(4);
   if (threadIdx.x == 0) *q.post_pad = pstart[L];
   ScatterTile(tile, n, per, L, whist, pstart, 0, out);
-  StageBlockOwners<kT>(pstart, counts, L, BlockSize32(p.block_size), num_blocks, owner,
-                       scan_tmp.owners);  // starts with a barrier: out is complete after it
+  BlockOwnersShare<kT>(pstart, L, p, q.expert_ids);  // one CTA: every block
   __syncthreads();
-  STAGED_PHASE(6);
+  STAGED_PHASE(5);
   for (int32_t s = threadIdx.x; s < P; s += kT) q.sorted[s] = out[s];
-  for (int32_t b = threadIdx.x; b < num_blocks; b += kT) q.expert_ids[b] = owner[b];
 #ifdef JAX_MOE_ALIGN_PHASES
-  __syncthreads();  // mark 7: the whole CTA has issued its stores
+  __syncthreads();  // mark 6: the whole CTA has issued its stores
 #endif
-  STAGED_PHASE(7);
+  STAGED_PHASE(6);
 }
 
 // ---- multi-block step (3) ---------------------------------------------------
@@ -262,7 +234,7 @@ template <int kT>
 cudaError_t LaunchSmall(const AlignCudaArgs& a, cudaStream_t stream) {
   const AlignProblem& p = a.problem;
   const size_t staged =
-      StagedSharedWords<kT>(p.numel, p.num_local, p.padded_len, p.num_blocks) * sizeof(int32_t);
+      StagedSharedWords<kT>(p.numel, p.num_local, p.padded_len) * sizeof(int32_t);
   if (staged + kStaticSharedReserve <= SharedOptinBytes()) {
     const dim3 grid(1, static_cast<unsigned>(a.batch));
     return WithIdType(a.id_kind, [&](auto id) {
