@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the H200 session runs, in one call of the device tool:
-#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gridsyncab|gridsynctune|gridsyncscatter|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [alignphases (last)] [racecheck]
+#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gridsyncab|gridsynctune|gridsyncscatter|walkab|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [alignphases (last)] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
 # (.ci/sanitize.py), and the benchmarks (align, ep, dispatch; benchmulti: EP over all
@@ -66,6 +66,14 @@ for stage in $stages; do
         env $v timeout 60 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-1024 4096 16384 65536} \
             --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
       done ;;
+    walkab)  # the align walk at 128 routes per warp (the old rule): an A/B build, ours only
+      # (run after the stages that use the default build; alignphases rebuilds)
+      JAX_MOE_ALIGN_WALK_ROUTES=128 python3 -m pip install -q --no-build-isolation --no-deps . \
+          > "$OUT/build_walk.log" 2>&1 \
+        || { tail -30 "$OUT/build_walk.log"; exit 1; }
+      echo "--- JAX_MOE_ALIGN_WALK_ROUTES=128"
+      timeout 90 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-16 128 1024 4096 16384 65536} \
+          --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|" ;;
     alignphases)  # per-phase cycles of the one-pass, grid-sync and staged align kernels: a profiling build
       # (run it last: later stages would time the instrumented kernel)
       JAX_MOE_ALIGN_PHASES=ON python3 -m pip install -q --no-build-isolation --no-deps . \

@@ -36,9 +36,11 @@ if "align" in parts:
         jax.block_until_ready((out, out2))
     # The single-CTA path (33 routes), the one-pass path (512 < numel < 8192,
     # <= 1024 local experts) and the grid sync (from 8192): both bounds, a last
-    # chunk of one route, P over many CTAs (bs 4097), int64 ids, vmap.
+    # chunk of one route, P over many CTAs (bs 4097), int64 ids, vmap; the grid
+    # sync's sorted scatter (chunks of >= 1024 routes over >= 64 experts).
     for numel, E, bs in [(33, 1024, 4097), (513, 64, 128), (2048, 1024, 4097), (2049, 8, 1),
-                         (8192, 1024, 4097), (31745, 256, 64), (8192, 8, 3), (32768, 40, 3)]:
+                         (8192, 1024, 4097), (31745, 256, 64), (8192, 8, 3), (32768, 40, 3),
+                         (131072, 128, 64), (262144, 512, 5)]:
         ids = rng.integers(-5, E + 5, size=numel).astype(np.int32)
         ids[:3] = [np.iinfo(np.int32).min, np.iinfo(np.int32).max, -1]
         emap = rng.integers(-1, E // 2 + 3, size=E).astype(np.int32)

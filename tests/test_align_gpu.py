@@ -294,8 +294,8 @@ def test_cuda_one_pass_forced(rng):
 
 # The grid-sync path beyond the one-pass sizes: chunks of <= 8192 routes over
 # G <= 128 CTAs with G * L <= 65536 (so up to 1 M routes for L <= 512, 512 K for
-# L = 1024), row sums split over several lanes per expert when L <= 256; the
-# sorted scatter by default from chunks of 2048 routes and 8 per expert.
+# L = 1024), row sums split over several threads per expert when L < 512; the
+# sorted scatter by default from chunks of 1024 routes over >= 64 experts.
 GRID_SYNC_CASES = [(65535, 8, 16), (65536, 256, 64), (131072, 1024, 3), (131073, 1024, 64),
                    (524288, 256, 64), (524289, 511, 1), (1048576, 128, 128), (1048577, 8, 16),
                    (300000, 1, 1), (40000, 513, 7)]

@@ -52,64 +52,59 @@ constexpr int64_t kSyncRowWords = 65536;
 
 static_assert(kSyncItems * kSyncThreads >= kSmallTile, "a chunk is staged in one round");
 
-// Shared words: before [L] | total [L] | pstart [L + 1] | whist [W, L] |
-// tile [chunk], and for the sorted scatter lstart [L + 1] | order [chunk].
+// Words of each of the two partial-sum arrays of SumRows: segments x L <= T
+// when L < T, else L.
+__host__ __device__ inline int32_t PartWords(int32_t L) {
+  return L > kSyncThreads ? L : kSyncThreads;
+}
+
+// Shared words: before [L] | total [L] | pstart [L + 1] | part [2, PartWords] |
+// whist [W, L] | tile [chunk], and for the sorted scatter lstart [L + 1] |
+// order [chunk].
 size_t SyncSharedBytes(int32_t chunk, int32_t L, bool sorted) {
   const int64_t tile = chunk > 0 ? chunk : 1;
-  const int64_t words = 3 * int64_t{L} + 1 + int64_t{RankWarps<kSyncThreads>(chunk, L)} * L +
-                        tile + (sorted ? int64_t{L} + 1 + tile : 0);
+  const int64_t words = 3 * int64_t{L} + 1 + 2 * int64_t{PartWords(L)} +
+                        int64_t{RankWarps<kSyncThreads>(chunk, L)} * L + tile +
+                        (sorted ? int64_t{L} + 1 + tile : 0);
   return static_cast<size_t>(words) * sizeof(int32_t);
 }
 
-// Lanes that share one expert's rows in SumRows: the largest power of two <= 32
-// with that many lanes per expert for every expert in one pass of the CTA
-// (1 from L > kSyncThreads / 2 on). A power of two dividing 32, so an expert's
-// lanes are an aligned group of one warp and add up by shuffles.
-__device__ __forceinline__ int32_t RowLanes(int32_t L) {
-  int32_t s = 1;
-  while (s < 32 && 2 * s * L <= kSyncThreads) s *= 2;
-  return s;
-}
-
-// Row loads in flight per thread in SumRows.
-constexpr int kRowBatch = 16;
-
 // before[e] := routes of expert e in rows [0, c) of rows [G, L]; total[e] := in
-// all rows. S = RowLanes(L) lanes share an expert: lane j of its group loads
-// rows j, j + S, ... (kRowBatch loads in flight, from L2: the rows were
-// written by other CTAs of this launch), then the group adds up by shuffles.
-// No shared-memory partials, no barrier. Passes over experts are uniform
-// across the CTA, so every lane of a warp takes part in the shuffles.
-__device__ void SumRows(const int32_t* rows, int32_t G, int32_t L, int32_t c, int32_t* before,
-                        int32_t* total) {
-  const int32_t S = RowLanes(L);
-  const int32_t groups = kSyncThreads / S;
-  const int32_t j = threadIdx.x % S, group = threadIdx.x / S;
-  for (int32_t e0 = 0; e0 < L; e0 += groups) {
-    const int32_t e = e0 + group;
-    const bool active = e < L;
+// all rows. Fewer experts than threads: each expert's rows are split into segs
+// segments over several threads, whose partial sums meet in part (2 x
+// PartWords(L) words). A warp reads consecutive experts of one row (whole
+// sectors). Tried and dropped: an expert's segments on the lanes of one warp,
+// added by shuffles, 16 loads in flight per lane: each warp then read 4-8
+// rows' partial sectors, and the row sum took 1-3x longer from 64 CTAs on
+// (H100: 65536 x 2, E 64 at 128 CTAs: 3.4 k -> 10.3 k cycles).
+__device__ void SumRows(const int32_t* rows, int32_t G, int32_t L, int32_t c, int32_t* part,
+                        int32_t* before, int32_t* total) {
+  const int32_t segs = L < kSyncThreads ? kSyncThreads / L : 1;
+  int32_t* part_before = part;
+  int32_t* part_total = part + PartWords(L);
+  for (int32_t t = threadIdx.x; t < segs * L; t += kSyncThreads) {
+    const int32_t e = t % L, seg = t / L;
+    const int32_t g0 = static_cast<int32_t>(int64_t{G} * seg / segs);
+    const int32_t g1 = static_cast<int32_t>(int64_t{G} * (seg + 1) / segs);
     int32_t b = 0, all = 0;
-    for (int32_t g0 = j; g0 < G; g0 += kRowBatch * S) {
-      int32_t v[kRowBatch];
-#pragma unroll
-      for (int k = 0; k < kRowBatch; ++k) {
-        const int32_t g = g0 + k * S;
-        v[k] = active && g < G ? __ldcg(rows + static_cast<int64_t>(g) * L + e) : 0;
-      }
-#pragma unroll
-      for (int k = 0; k < kRowBatch; ++k) {
-        all += v[k];
-        if (g0 + k * S < c) b += v[k];
-      }
+    for (int32_t g = g0; g < g1; ++g) {
+      // Written by other CTAs in this launch: read from L2, not a stale L1 line.
+      const int32_t v = __ldcg(rows + static_cast<int64_t>(g) * L + e);
+      if (g < c) b += v;
+      all += v;
     }
-    for (int32_t off = S / 2; off > 0; off /= 2) {
-      b += __shfl_xor_sync(0xffffffffu, b, off);
-      all += __shfl_xor_sync(0xffffffffu, all, off);
+    part_before[t] = b;
+    part_total[t] = all;
+  }
+  __syncthreads();
+  for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) {
+    int32_t b = 0, all = 0;
+    for (int32_t seg = 0; seg < segs; ++seg) {
+      b += part_before[seg * L + e];
+      all += part_total[seg * L + e];
     }
-    if (active && j == 0) {
-      before[e] = b;
-      total[e] = all;
-    }
+    before[e] = b;
+    total[e] = all;
   }
 }
 
@@ -154,11 +149,12 @@ __global__ void __launch_bounds__(kSyncThreads)
   const int32_t n = min(begin + chunk, numel) - begin;
   const int W = RankWarps<kSyncThreads>(n, L);
   const int32_t per = RoutesPerWarp(n, W);
-  int32_t* before = smem;            // [L] chunk counts, then routes before the chunk
-  int32_t* total = before + L;       // [L] all routes of each expert
-  int32_t* pstart = total + L;       // [L + 1] padded starts
-  int32_t* whist = pstart + (L + 1);  // [W, L] per-warp offsets in the chunk
-  int32_t* tile = whist + W * L;     // [chunk] lane | rank << 16
+  int32_t* before = smem;                  // [L] chunk counts, then routes before the chunk
+  int32_t* total = before + L;             // [L] all routes of each expert
+  int32_t* pstart = total + L;             // [L + 1] padded starts
+  int32_t* part = pstart + (L + 1);        // [2, PartWords(L)] partial row sums
+  int32_t* whist = part + 2 * PartWords(L);  // [W, L] per-warp offsets in the chunk
+  int32_t* tile = whist + W * L;           // [chunk] lane | rank << 16
   int32_t* lstart = tile + (chunk > 0 ? chunk : 1);  // sorted scatter: [L + 1] chunk starts
   int32_t* order = lstart + (L + 1);                 // sorted scatter: [chunk] k | e << 16
 
@@ -190,7 +186,7 @@ __global__ void __launch_bounds__(kSyncThreads)
   // Every CTA's row is written (and, by the barrier's fences, visible) after it.
   cooperative_groups::this_grid().sync();
   GRIDSYNC_PHASE(4);
-  SumRows(rows, G, L, c, before, total);
+  SumRows(rows, G, L, c, part, before, total);
   __syncthreads();
   GRIDSYNC_PHASE(5);
   ScanExperts<kSyncThreads>(total, L, p.block_size, pstart, scan_tmp);
@@ -230,10 +226,14 @@ bool GridSyncSize(int64_t numel, int32_t L) {
 }
 
 // Whether the grid sync scatters through the chunk's expert order (see
-// ScatterSorted): for long chunks with several routes per expert, where the
-// direct scatter's one transaction per route dominates. Default from 2048
-// routes per chunk and >= 8 per expert on average; JAX_MOE_ALIGN_GRIDSYNC_SCATTER
-// = direct | sorted forces one (A/B testing, read once per process).
+// ScatterSorted): for long chunks over many experts, where the direct
+// scatter's one transaction per route dominates. Default from 1024 routes per
+// chunk and 64 local experts. H100 A/B (busy us, direct -> sorted): 65536 x 8,
+// E 256 23.8 -> 18.4, E 1024 35.7 -> 29.5; 16384 x 8, E 256 14.5 -> 13.7; 65536
+// x 2, E 64 13.1 -> 12.8; slower with 8 experts (1024 routes per chunk: 9.2 ->
+// 9.8) and with 512-route chunks (E 64: 9.7 -> 10.0), whose direct stores come
+// in runs already. JAX_MOE_ALIGN_GRIDSYNC_SCATTER = direct | sorted forces one
+// (A/B testing, read once per process).
 bool SortedScatter(int64_t chunk, int32_t L) {
   static const int mode = [] {
     const char* v = std::getenv("JAX_MOE_ALIGN_GRIDSYNC_SCATTER");
@@ -242,7 +242,7 @@ bool SortedScatter(int64_t chunk, int32_t L) {
     return std::strcmp(v, "sorted") == 0 ? 2 : 0;
   }();
   if (mode != 0) return mode == 2;
-  return chunk >= 2048 && chunk >= 8 * int64_t{L};
+  return chunk >= 1024 && L >= 64;
 }
 
 // CTAs of the current device that can be resident at once running `kernel`

@@ -14,12 +14,23 @@ namespace align_device {
 // Per-warp counters are [W][L] int32 in shared memory; W shrinks as L grows.
 constexpr int64_t kWarpCounterWords = 16384;
 
-// Warps (of a kT-thread CTA) that walk a tile of n routes: enough for <= 4
-// steps each, within the counter budget. Host and device agree (shared-memory
-// size).
+// Routes a warp walks at most (while warps and counters last): one step of 32
+// each. A walk step is a chain of ballots and shared-memory round trips,
+// so spreading a tile over more warps shortens the walk more than the longer
+// prefix over warps costs (H100 phase clocks at 128 routes per warp: ~1.9 k
+// cycles for 4 steps). A/B builds may set JAX_MOE_ALIGN_WALK_ROUTES (CMake
+// option of the same name; 128 was the rule before).
+#ifndef JAX_MOE_ALIGN_WALK_ROUTES
+#define JAX_MOE_ALIGN_WALK_ROUTES 32
+#endif
+constexpr int64_t kWalkRoutes = JAX_MOE_ALIGN_WALK_ROUTES;
+
+// Warps (of a kT-thread CTA) that walk a tile of n routes: enough for
+// kWalkRoutes each, within the counter budget. Host and device agree
+// (shared-memory size).
 template <int kT>
 __host__ __device__ inline int RankWarps(int64_t n, int32_t L) {
-  int64_t w = (n + 127) / 128;
+  int64_t w = (n + kWalkRoutes - 1) / kWalkRoutes;
   const int64_t cap = kWarpCounterWords / (L > 0 ? L : 1);
   if (w > cap) w = cap;
   if (w > kT / 32) w = kT / 32;
@@ -55,10 +66,13 @@ __device__ inline void WalkTile(int32_t* tile, int32_t n, int32_t per, int W, in
       const int32_t k = base + 32 * j + lane_id;
       e[j] = k < hi ? tile[k] : L;
     }
+    // Steps past the range (warp-uniform: base and hi are the warp's) are
+    // skipped: with kWalkRoutes = 32 a range is one step.
 #pragma unroll
-    for (int j = 0; j < kGroup; ++j) peers[j] = MatchLanes(e[j], bits);
+    for (int j = 0; j < kGroup; ++j) peers[j] = base + 32 * j < hi ? MatchLanes(e[j], bits) : 0u;
 #pragma unroll
     for (int j = 0; j < kGroup; ++j) {
+      if (base + 32 * j >= hi) break;
       const int32_t k = base + 32 * j + lane_id;
       int32_t placed = 0;
       if (e[j] < L) {
@@ -73,15 +87,24 @@ __device__ inline void WalkTile(int32_t* tile, int32_t n, int32_t per, int W, in
 }
 
 // Per expert: whist[w][e] := running[e] + counts of warps before w; running[e]
-// += the tile's count.
+// += the tile's count. Counts are loaded kPrefixBatch warps at a time, all
+// before any store (the compiler cannot reorder a load past a store to the
+// same array): one shared-memory round trip per batch, not per warp.
+constexpr int kPrefixBatch = 8;
+
 __device__ inline void PrefixOverWarps(int32_t* whist, int W, int32_t L, int32_t* running) {
   for (int32_t e = threadIdx.x; e < L; e += blockDim.x) {
     int32_t run = running[e];
-    for (int w = 0; w < W; ++w) {
-      int32_t* slot = whist + static_cast<int64_t>(w) * L + e;
-      const int32_t v = *slot;
-      *slot = run;
-      run += v;
+    for (int w0 = 0; w0 < W; w0 += kPrefixBatch) {
+      int32_t v[kPrefixBatch];
+#pragma unroll
+      for (int j = 0; j < kPrefixBatch; ++j)
+        v[j] = w0 + j < W ? whist[static_cast<int64_t>(w0 + j) * L + e] : 0;
+#pragma unroll
+      for (int j = 0; j < kPrefixBatch; ++j) {
+        if (w0 + j < W) whist[static_cast<int64_t>(w0 + j) * L + e] = run;
+        run += v[j];
+      }
     }
     running[e] = run;
   }
