@@ -8,7 +8,9 @@
 // grid-wide barrier every CTA reads all G rows: the sum of the rows before its
 // own (where its routes of each expert start among that expert's routes) and
 // of all rows (the expert totals, hence the same padded starts in every CTA).
-// It then scatters its chunk and writes its share of the padding. The
+// It then writes its share of the padding and scatters its chunk (route by
+// route, or for long chunks over many experts in the chunk's expert order:
+// ScatterSorted). The
 // multi-block path does the same in three launches; here the barrier replaces
 // two kernel boundaries and the per-CTA scan replaces the scan kernel.
 //
