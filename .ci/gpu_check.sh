@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the H200 session runs, in one call of the device tool:
-#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gridsyncab|gridsynctune|gridsyncscatter|walkab|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [alignphases (last)] [racecheck]
+#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gridsyncab|gridsynctune|gridsyncscatter|walkab|clusterab|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [alignphases (last)] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
 # (.ci/sanitize.py), and the benchmarks (align, ep, dispatch; benchmulti: EP over all
@@ -57,6 +57,12 @@ for stage in $stages; do
       for v in "" "JAX_MOE_ALIGN_GRIDSYNC_SCATTER=direct" "JAX_MOE_ALIGN_GRIDSYNC_SCATTER=sorted"; do
         echo "--- ${v:-default}"
         env $v timeout 60 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-4096 16384 65536} \
+            --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
+      done ;;
+    clusterab)  # the grid sync's cluster variant (JAX_MOE_ALIGN_CLUSTER=1) against the default
+      for v in "" "JAX_MOE_ALIGN_CLUSTER=1"; do
+        echo "--- ${v:-default}"
+        env $v timeout 60 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-128 1024 4096 16384} \
             --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
       done ;;
     gridsynctune)  # the grid sync's CTA count: routes per CTA at least, G x L cap

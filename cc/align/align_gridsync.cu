@@ -61,25 +61,27 @@ __host__ __device__ inline int32_t PartWords(int32_t L) {
 }
 
 // Shared words: before [L] | total [L] | pstart [L + 1] | part [2, PartWords] |
-// whist [W, L] | tile [chunk], and for the sorted scatter lstart [L + 1] |
+// whist [W, L] | tile [chunk], for clusters counts [L] (the chunk's counts,
+// which the other CTAs read), and for the sorted scatter lstart [L + 1] |
 // order [chunk].
-size_t SyncSharedBytes(int32_t chunk, int32_t L, bool sorted) {
+size_t SyncSharedBytes(int32_t chunk, int32_t L, bool sorted, bool cluster) {
   const int64_t tile = chunk > 0 ? chunk : 1;
   const int64_t words = 3 * int64_t{L} + 1 + 2 * int64_t{PartWords(L)} +
                         int64_t{RankWarps<kSyncThreads>(chunk, L)} * L + tile +
-                        (sorted ? int64_t{L} + 1 + tile : 0);
+                        (cluster ? int64_t{L} : 0) + (sorted ? int64_t{L} + 1 + tile : 0);
   return static_cast<size_t>(words) * sizeof(int32_t);
 }
 
-// before[e] := routes of expert e in rows [0, c) of rows [G, L]; total[e] := in
-// all rows. Fewer experts than threads: each expert's rows are split into segs
+// before[e] := routes of expert e in rows [0, c) of rows [G, L] (row g's entry e
+// is row_value(g, e)); total[e] := in all rows. Fewer experts than threads: each expert's rows are split into segs
 // segments over several threads, whose partial sums meet in part (2 x
 // PartWords(L) words). A warp reads consecutive experts of one row (whole
 // sectors). Tried and dropped: an expert's segments on the lanes of one warp,
 // added by shuffles, 16 loads in flight per lane: each warp then read 4-8
 // rows' partial sectors, and the row sum took 1-3x longer from 64 CTAs on
 // (H100: 65536 x 2, E 64 at 128 CTAs: 3.4 k -> 10.3 k cycles).
-__device__ void SumRows(const int32_t* rows, int32_t G, int32_t L, int32_t c, int32_t* part,
+template <typename RowValue>
+__device__ void SumRows(RowValue row_value, int32_t G, int32_t L, int32_t c, int32_t* part,
                         int32_t* before, int32_t* total) {
   const int32_t segs = L < kSyncThreads ? kSyncThreads / L : 1;
   int32_t* part_before = part;
@@ -90,8 +92,7 @@ __device__ void SumRows(const int32_t* rows, int32_t G, int32_t L, int32_t c, in
     const int32_t g1 = static_cast<int32_t>(int64_t{G} * (seg + 1) / segs);
     int32_t b = 0, all = 0;
     for (int32_t g = g0; g < g1; ++g) {
-      // Written by other CTAs in this launch: read from L2, not a stale L1 line.
-      const int32_t v = __ldcg(rows + static_cast<int64_t>(g) * L + e);
+      const int32_t v = row_value(g, e);
       if (g < c) b += v;
       all += v;
     }
@@ -136,7 +137,12 @@ __device__ void ScatterSorted(const int32_t* tile, int32_t n, int32_t per, int32
   }
 }
 
-template <typename Id>
+// kCluster: the CTAs of one problem form a thread-block cluster (sm_90+):
+// chunk counts stay in shared memory and the others read them there
+// (distributed shared memory) after a hardware cluster barrier, instead of a
+// workspace row, a grid barrier and L2 reads. No workspace, no co-residency
+// across problems (each vmapped problem is its own cluster).
+template <typename Id, bool kCluster>
 __global__ void __launch_bounds__(kSyncThreads)
     AlignGridSyncKernel(AlignCudaArgs a, int32_t chunk, int32_t sorted_scatter) {
   extern __shared__ __align__(16) int32_t smem[];
@@ -159,6 +165,8 @@ __global__ void __launch_bounds__(kSyncThreads)
   int32_t* tile = whist + W * L;           // [chunk] lane | rank << 16
   int32_t* lstart = tile + (chunk > 0 ? chunk : 1);  // sorted scatter: [L + 1] chunk starts
   int32_t* order = lstart + (L + 1);                 // sorted scatter: [chunk] k | e << 16
+  if constexpr (kCluster) lstart += L, order += L;   // clusters: [L] counts before them
+  int32_t* counts = lstart - L;                      // clusters: the chunk's counts
 
   GRIDSYNC_PHASE(0);
   ForLanes<kSyncItems>(
@@ -177,19 +185,41 @@ __global__ void __launch_bounds__(kSyncThreads)
   GRIDSYNC_PHASE(2);
   PrefixOverWarps(whist, W, L, before);  // before[e] := the chunk's count of e
   int32_t* rows = q.workspace;           // [G, L]
-  for (int32_t e = threadIdx.x; e < L; e += kSyncThreads)
-    rows[static_cast<int64_t>(c) * L + e] = before[e];  // same thread as the prefix
+  // Publish the chunk's counts (same thread per expert as the prefix).
+  if constexpr (kCluster) {
+    for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) counts[e] = before[e];
+  } else {
+    for (int32_t e = threadIdx.x; e < L; e += kSyncThreads)
+      rows[static_cast<int64_t>(c) * L + e] = before[e];
+  }
   // Sorted scatter: the chunk's own expert starts (a block size of 1 pads nothing).
   if (sorted_scatter) {
     __syncthreads();
     ScanExperts<kSyncThreads>(before, L, 1, lstart, scan_tmp);
   }
   GRIDSYNC_PHASE(3);
-  // Every CTA's row is written (and, by the barrier's fences, visible) after it.
-  cooperative_groups::this_grid().sync();
-  GRIDSYNC_PHASE(4);
-  SumRows(rows, G, L, c, part, before, total);
-  __syncthreads();
+  if constexpr (kCluster) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // Every CTA's counts are written (and visible to the cluster) after it.
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    cluster.sync();
+    GRIDSYNC_PHASE(4);
+    SumRows([&](int32_t g, int32_t e) { return cluster.map_shared_rank(counts, g)[e]; }, G, L, c,
+            part, before, total);
+    // Every CTA has read the others' counts before any moves on (and may exit).
+    cluster.sync();
+#else
+    __trap();  // the launcher takes clusters on sm_90+ only
+#endif
+  } else {
+    // Every CTA's row is written (and, by the barrier's fences, visible) after it.
+    cooperative_groups::this_grid().sync();
+    GRIDSYNC_PHASE(4);
+    // Rows written by other CTAs in this launch: read from L2, not a stale L1 line.
+    SumRows([&](int32_t g, int32_t e) { return __ldcg(rows + static_cast<int64_t>(g) * L + e); },
+            G, L, c, part, before, total);
+    __syncthreads();
+  }
   GRIDSYNC_PHASE(5);
   ScanExperts<kSyncThreads>(total, L, p.block_size, pstart, scan_tmp);
   __syncthreads();
@@ -293,17 +323,93 @@ int64_t GridSyncCtas(int64_t numel, int32_t L) {
 int CopyGridSyncPhases(int64_t* out) { return CopyPhaseMarks(g_gridsync_phases, out); }
 #endif
 
+namespace {
+
+// ---- cluster variant (sm_90+) -----------------------------------------------
+// Not measured yet, so off unless JAX_MOE_ALIGN_CLUSTER=1 (A/B testing, read
+// once per process). Sizes: from kClusterMinRoutes routes while chunks of at
+// least kClusterMinChunk routes over at most kMaxClusterCtas CTAs (the
+// non-portable cluster size of H100/H200) stay <= kSmallTile.
+constexpr int64_t kMaxClusterCtas = 16;
+constexpr int64_t kClusterMinChunk = 256;
+constexpr int64_t kClusterMinRoutes = 1024;
+
+bool ClusterAllowed() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("JAX_MOE_ALIGN_CLUSTER");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return allowed;
+}
+
+// Whether the current device runs thread-block clusters (compute capability 9+).
+bool ClustersSupported() {
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ==
+             cudaSuccess &&
+         major >= 9;
+}
+
+cudaError_t LaunchClusterAlign(const AlignCudaArgs& a, cudaStream_t stream, bool* launched) {
+  const AlignProblem& p = a.problem;
+  if (p.numel < kClusterMinRoutes || !ClustersSupported()) return cudaSuccess;
+  int64_t G = CeilDiv(p.numel, kClusterMinChunk);
+  if (G > kMaxClusterCtas) G = kMaxClusterCtas;
+  const int64_t chunk = CeilDiv(CeilDiv(p.numel, G), 32) * 32;
+  if (chunk > kSmallTile) return cudaSuccess;
+  const bool sorted = SortedScatter(chunk, p.num_local);
+  const size_t bytes = SyncSharedBytes(static_cast<int32_t>(chunk), p.num_local, sorted, true);
+  return WithIdType(a.id_kind, [&](auto id) {
+    auto kernel = AlignGridSyncKernel<decltype(id), true>;
+    cudaError_t err = AllowSharedBytes(kernel, bytes);
+    if (err == cudaSuccess && G > 8)
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (err != cudaSuccess) return err;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(G), static_cast<unsigned>(a.batch));
+    config.blockDim = dim3(kSyncThreads);
+    config.dynamicSmemBytes = bytes;
+    config.stream = stream;
+    cudaLaunchAttribute cluster[1];
+    cluster[0].id = cudaLaunchAttributeClusterDimension;
+    cluster[0].val.clusterDim.x = static_cast<unsigned>(G);
+    cluster[0].val.clusterDim.y = 1;
+    cluster[0].val.clusterDim.z = 1;
+    config.attrs = cluster;
+    config.numAttrs = 1;
+    // A cluster that cannot be placed at all: another path (the query's error
+    // is not sticky; clear it).
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess ||
+        clusters < 1) {
+      cudaGetLastError();
+      return cudaSuccess;
+    }
+    err = cudaLaunchKernelEx(&config, kernel, a, static_cast<int32_t>(chunk),
+                             static_cast<int32_t>(sorted));
+    *launched = err == cudaSuccess;
+    return err;
+  });
+}
+
+}  // namespace
+
 cudaError_t LaunchGridSyncAlign(const AlignCudaArgs& a, cudaStream_t stream, bool* launched) {
   *launched = false;
   const AlignProblem& p = a.problem;
+  if (ClusterAllowed()) {
+    const cudaError_t err = LaunchClusterAlign(a, stream, launched);
+    if (err != cudaSuccess || *launched) return err;
+  }
   if (!GridSyncAllowed() || !GridSyncSize(p.numel, p.num_local)) return cudaSuccess;
   const int64_t G = GridSyncCtas(p.numel, p.num_local);
   const int64_t chunk = CeilDiv(CeilDiv(p.numel, G), 32) * 32;
   if (chunk > kSmallTile) return cudaSuccess;
   const bool sorted = SortedScatter(chunk, p.num_local);
-  const size_t bytes = SyncSharedBytes(static_cast<int32_t>(chunk), p.num_local, sorted);
+  const size_t bytes = SyncSharedBytes(static_cast<int32_t>(chunk), p.num_local, sorted, false);
   return WithIdType(a.id_kind, [&](auto id) {
-    auto kernel = AlignGridSyncKernel<decltype(id)>;
+    auto kernel = AlignGridSyncKernel<decltype(id), false>;
     cudaError_t err = AllowSharedBytes(kernel, bytes);
     if (err != cudaSuccess) return err;
     if (G * a.batch > CoResidentCtas(kernel, bytes)) return cudaSuccess;  // another path
