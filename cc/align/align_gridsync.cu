@@ -325,6 +325,21 @@ int CopyGridSyncPhases(int64_t* out) { return CopyPhaseMarks(g_gridsync_phases, 
 
 namespace {
 
+// The launch of G CTAs per problem of a vmapped batch, kSyncThreads each, with
+// `bytes` of dynamic shared memory and one launch attribute (which must outlive
+// the launch call).
+cudaLaunchConfig_t SyncLaunchConfig(int64_t G, int64_t batch, size_t bytes, cudaStream_t stream,
+                                    cudaLaunchAttribute* attribute) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(G), static_cast<unsigned>(batch));
+  config.blockDim = dim3(kSyncThreads);
+  config.dynamicSmemBytes = bytes;
+  config.stream = stream;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return config;
+}
+
 // ---- cluster variant (sm_90+) -----------------------------------------------
 // Not measured yet, so off unless JAX_MOE_ALIGN_CLUSTER=1 (A/B testing, read
 // once per process). Sizes: from kClusterMinRoutes routes while chunks of at
@@ -366,18 +381,12 @@ cudaError_t LaunchClusterAlign(const AlignCudaArgs& a, cudaStream_t stream, bool
     if (err == cudaSuccess && G > 8)
       err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     if (err != cudaSuccess) return err;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(G), static_cast<unsigned>(a.batch));
-    config.blockDim = dim3(kSyncThreads);
-    config.dynamicSmemBytes = bytes;
-    config.stream = stream;
-    cudaLaunchAttribute cluster[1];
-    cluster[0].id = cudaLaunchAttributeClusterDimension;
-    cluster[0].val.clusterDim.x = static_cast<unsigned>(G);
-    cluster[0].val.clusterDim.y = 1;
-    cluster[0].val.clusterDim.z = 1;
-    config.attrs = cluster;
-    config.numAttrs = 1;
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = static_cast<unsigned>(G);
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    const cudaLaunchConfig_t config = SyncLaunchConfig(G, a.batch, bytes, stream, &cluster);
     // A cluster that cannot be placed at all: another path (the query's error
     // is not sticky; clear it).
     int clusters = 0;
@@ -413,16 +422,10 @@ cudaError_t LaunchGridSyncAlign(const AlignCudaArgs& a, cudaStream_t stream, boo
     cudaError_t err = AllowSharedBytes(kernel, bytes);
     if (err != cudaSuccess) return err;
     if (G * a.batch > CoResidentCtas(kernel, bytes)) return cudaSuccess;  // another path
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(G), static_cast<unsigned>(a.batch));
-    config.blockDim = dim3(kSyncThreads);
-    config.dynamicSmemBytes = bytes;
-    config.stream = stream;
-    cudaLaunchAttribute cooperative[1];
-    cooperative[0].id = cudaLaunchAttributeCooperative;
-    cooperative[0].val.cooperative = 1;
-    config.attrs = cooperative;
-    config.numAttrs = 1;
+    cudaLaunchAttribute cooperative;
+    cooperative.id = cudaLaunchAttributeCooperative;
+    cooperative.val.cooperative = 1;
+    const cudaLaunchConfig_t config = SyncLaunchConfig(G, a.batch, bytes, stream, &cooperative);
     err = cudaLaunchKernelEx(&config, kernel, a, static_cast<int32_t>(chunk),
                              static_cast<int32_t>(sorted));
     *launched = err == cudaSuccess;
