@@ -44,7 +44,7 @@ constexpr int kSyncThreads = 512;
 // Loads in flight per thread while staging a chunk (<= 8192 routes in one round).
 constexpr int kSyncItems = 16;
 // Workspace words every CTA reads after the barrier at most (G * L): 256 KB
-// from L2, 8 batches of loads per thread. H100 A/B of the cap (one call, busy
+// from L2 (up to 128 loads per thread at L >= 512). H100 A/B of the cap (one call, busy
 // us): 16384 -> 65536 takes 65536 x 8, E 256 from 64 to 128 CTAs (31.5 ->
 // 24.2), 16384 x 8, E 1024 from 16 to 64 (28.2 -> 17.9) and 65536 x 8, E 1024
 // from the multi-block path to 64 CTAs (47.5 -> 37.4); 4096 x 8, E 1024 went
@@ -72,10 +72,10 @@ size_t SyncSharedBytes(int32_t chunk, int32_t L, bool sorted, bool cluster) {
   return static_cast<size_t>(words) * sizeof(int32_t);
 }
 
-// before[e] := routes of expert e in rows [0, c) of rows [G, L] (row g's entry e
-// is row_value(g, e)); total[e] := in all rows. Fewer experts than threads: each expert's rows are split into segs
-// segments over several threads, whose partial sums meet in part (2 x
-// PartWords(L) words). A warp reads consecutive experts of one row (whole
+// before[e] := routes of expert e in rows [0, c) of rows [G, L] (row g's entry
+// e is row_value(g, e)); total[e] := in all rows. Fewer experts than threads:
+// each expert's rows are split into segs segments over several threads, whose
+// partial sums meet in part (2 x PartWords(L) words). A warp reads consecutive experts of one row (whole
 // sectors). Tried and dropped: an expert's segments on the lanes of one warp,
 // added by shuffles, 16 loads in flight per lane: each warp then read 4-8
 // rows' partial sectors, and the row sum took 1-3x longer from 64 CTAs on
@@ -325,6 +325,10 @@ int CopyGridSyncPhases(int64_t* out) { return CopyPhaseMarks(g_gridsync_phases, 
 
 namespace {
 
+// Routes per CTA when G CTAs share numel routes (a multiple of 32: whole warp
+// steps).
+int64_t SyncChunk(int64_t numel, int64_t G) { return CeilDiv(CeilDiv(numel, G), 32) * 32; }
+
 // The launch of G CTAs per problem of a vmapped batch, kSyncThreads each, with
 // `bytes` of dynamic shared memory and one launch attribute (which must outlive
 // the launch call).
@@ -371,7 +375,7 @@ cudaError_t LaunchClusterAlign(const AlignCudaArgs& a, cudaStream_t stream, bool
   if (p.numel < kClusterMinRoutes || !ClustersSupported()) return cudaSuccess;
   int64_t G = CeilDiv(p.numel, kClusterMinChunk);
   if (G > kMaxClusterCtas) G = kMaxClusterCtas;
-  const int64_t chunk = CeilDiv(CeilDiv(p.numel, G), 32) * 32;
+  const int64_t chunk = SyncChunk(p.numel, G);
   if (chunk > kSmallTile) return cudaSuccess;
   const bool sorted = SortedScatter(chunk, p.num_local);
   const size_t bytes = SyncSharedBytes(static_cast<int32_t>(chunk), p.num_local, sorted, true);
@@ -413,7 +417,7 @@ cudaError_t LaunchGridSyncAlign(const AlignCudaArgs& a, cudaStream_t stream, boo
   }
   if (!GridSyncAllowed() || !GridSyncSize(p.numel, p.num_local)) return cudaSuccess;
   const int64_t G = GridSyncCtas(p.numel, p.num_local);
-  const int64_t chunk = CeilDiv(CeilDiv(p.numel, G), 32) * 32;
+  const int64_t chunk = SyncChunk(p.numel, G);
   if (chunk > kSmallTile) return cudaSuccess;
   const bool sorted = SortedScatter(chunk, p.num_local);
   const size_t bytes = SyncSharedBytes(static_cast<int32_t>(chunk), p.num_local, sorted, false);
