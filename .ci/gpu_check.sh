@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the H200 session runs, in one call of the device tool:
-#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gridsyncab|gridsynctune|gridsyncscatter|walkab|clusterab|benchep|benchdispatch|benchmulti] [ncualign|ncuep] [alignphases (last)] [racecheck]
+#   bash .ci/gpu_check.sh [build] [tests|alltests] [sortab] [memcheck] [bench|benchalign|onepassab|gridsyncab|gridsynctune|gridsyncscatter|buildab|benchep|benchdispatch|benchmulti] [ncualign|ncustalls|ncuep] [alignphases (last)] [racecheck]
 # (default: build tests memcheck bench racecheck, about 7 minutes). Offline build
 # against the jax there, the GPU tests, compute-sanitizer on a small workload
 # (.ci/sanitize.py), and the benchmarks (align, ep, dispatch; benchmulti: EP over all
@@ -59,12 +59,6 @@ for stage in $stages; do
         env $v timeout 60 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-4096 16384 65536} \
             --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
       done ;;
-    clusterab)  # the grid sync's cluster variant (JAX_MOE_ALIGN_CLUSTER=1) against the default
-      for v in "" "JAX_MOE_ALIGN_CLUSTER=1"; do
-        echo "--- ${v:-default}"
-        env $v timeout 60 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-128 1024 4096 16384} \
-            --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
-      done ;;
     gridsynctune)  # the grid sync's CTA count: routes per CTA at least, G x L cap
       for v in "" "JAX_MOE_ALIGN_GRIDSYNC_MIN_CHUNK=1024" "JAX_MOE_ALIGN_GRIDSYNC_MIN_CHUNK=2048" \
                "JAX_MOE_ALIGN_GRIDSYNC_ROW_WORDS=32768" "JAX_MOE_ALIGN_GRIDSYNC_ROW_WORDS=65536"; do
@@ -72,12 +66,12 @@ for stage in $stages; do
         env $v timeout 60 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-1024 4096 16384 65536} \
             --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|"
       done ;;
-    walkab)  # the align walk at 128 routes per warp (the old rule): an A/B build, ours only
-      # (run after the stages that use the default build; alignphases rebuilds)
-      JAX_MOE_ALIGN_WALK_ROUTES=128 python3 -m pip install -q --no-build-isolation --no-deps . \
-          > "$OUT/build_walk.log" 2>&1 \
-        || { tail -30 "$OUT/build_walk.log"; exit 1; }
-      echo "--- JAX_MOE_ALIGN_WALK_ROUTES=128"
+    buildab)  # an A/B build of the align kernels (AB_BUILD: its environment, default
+      # the walk at 128 routes per warp), ours only; run after the stages that use
+      # the default build (alignphases rebuilds)
+      env ${AB_BUILD:-JAX_MOE_ALIGN_WALK_ROUTES=128} python3 -m pip install -q --no-build-isolation \
+          --no-deps . > "$OUT/build_ab.log" 2>&1 || { tail -30 "$OUT/build_ab.log"; exit 1; }
+      echo "--- ${AB_BUILD:-JAX_MOE_ALIGN_WALK_ROUTES=128}"
       timeout 90 python3 benchmarks/align.py --ours-only --tokens ${AB_TOKENS:-16 128 1024 4096 16384 65536} \
           --out "$OUT/ab" 2>&1 | grep -E "^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|" ;;
     alignphases)  # per-phase cycles of the one-pass, grid-sync and staged align kernels: a profiling build
@@ -93,6 +87,16 @@ for stage in $stages; do
           --section SpeedOfLight --section WarpStateStats --section SourceCounters \
           python3 .ci/ncu_align.py ${NCU_SHAPES:-} > "$OUT/ncu_align.txt" 2>&1
       grep -E "Align|Duration|Stall|Warp Cycles" "$OUT/ncu_align.txt" | head -60 ;;
+    ncustalls)  # why the align kernels' warps wait: every stall reason per issued instruction
+      timeout ${NCU_CAP:-150} ncu --clock-control none --kernel-name regex:Align --launch-count ${NCU_LAUNCHES:-9} \
+          --metrics "gpu__time_duration.sum,smsp__inst_executed.sum,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+          python3 .ci/ncu_align.py ${NCU_SHAPES:-} > "$OUT/ncu_stalls.txt" 2>&1
+      # kernel name, duration, instructions, and the stall reasons above 0.2
+      awk '/Align[A-Za-z]*Kernel/ {match($0, /Align[A-Za-z]*Kernel/); print substr($0, RSTART, RLENGTH)}
+           /gpu__time_duration|inst_executed/ {print "  " $1, $(NF)}
+           /issue_stalled/ && $(NF) + 0 > 0.2 {sub(/smsp__average_warps_issue_stalled_/, "", $1);
+                                                 sub(/_per_issue_active.ratio/, "", $1); print "  " $1, $(NF)}' \
+          "$OUT/ncu_stalls.txt" | head -120 ;;
     ncuep)  # the EP combines at 128 tokens per rank (memory throughput, stalls)
       timeout ${NCU_CAP:-120} ncu --clock-control none --kernel-name regex:EpCombine --launch-count 6 \
           --section SpeedOfLight --section WarpStateStats --section LaunchStats --section Occupancy \

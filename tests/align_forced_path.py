@@ -2,8 +2,7 @@
 moves sizes onto a CUDA align path its default rule gives to other paths
 (JAX_MOE_ALIGN_ONEPASS=all with JAX_MOE_ALIGN_GRIDSYNC=0: the one-pass kernel
 from 33 to 32768 routes; JAX_MOE_ALIGN_GRIDSYNC_SCATTER=sorted|direct: one
-scatter of the grid-sync kernel at all its sizes; JAX_MOE_ALIGN_CLUSTER=1: its
-cluster variant from 1024 routes). The variables are read once
+scatter of the grid-sync kernel at all its sizes). The variables are read once
 per process. `align_forced_path.py SEED [onepass|gridsync]` picks the sizes.
 Every case equals the CPU kernel and the reference; exits 1 on the first
 difference."""

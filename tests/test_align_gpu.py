@@ -314,14 +314,6 @@ def test_cuda_grid_sync_scatter_forced(rng, scatter):
     run_forced(rng, "gridsync", JAX_MOE_ALIGN_GRIDSYNC_SCATTER=scatter)
 
 
-@pytest.mark.parametrize("sizes", ["onepass", "gridsync"])
-def test_cuda_cluster_forced(rng, sizes):
-    # JAX_MOE_ALIGN_CLUSTER=1 (off by default until measured): the cluster
-    # variant of the grid-sync kernel (sm_90+, <= 16 CTAs, 1024 to 131072
-    # routes; other sizes and devices take the usual paths) must stay exact.
-    run_forced(rng, sizes, JAX_MOE_ALIGN_CLUSTER="1")
-
-
 def test_cuda_grid_sync_vmap_fallback(rng):
     # A batch of 40 problems of 16 chunks each cannot be co-resident (640 CTAs on
     # 132 SMs): the launcher takes the one-pass kernel instead; a batch of 3 of

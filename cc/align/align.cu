@@ -29,8 +29,7 @@
 //   block owners. No global atomics on expert counters.
 // A/B switches (read once per process): JAX_MOE_ALIGN_RANKING=sort forces the
 // tile sort everywhere; JAX_MOE_ALIGN_GRIDSYNC=0, JAX_MOE_ALIGN_ONEPASS=0|all (see
-// UseOnePass); JAX_MOE_ALIGN_CLUSTER=1 tries the grid sync's thread-block-cluster
-// variant first (sm_90+, 1024 to 16 x kSmallTile routes; not measured yet).
+// UseOnePass).
 #include <cub/block/block_scan.cuh>
 
 #include <cstdlib>

@@ -167,15 +167,61 @@ __device__ __forceinline__ uint32_t BlockSize32(int64_t block_size) {
 template <int kT>
 using ExpertScan = cub::BlockScan<int32_t, kT, cub::BLOCK_SCAN_WARP_SCANS>;
 
+// Experts up to which warp 0 alone scans (ScanExperts): kWarpScanRun experts
+// per lane, loaded together, then shuffles; no block barrier. A/B builds may
+// set JAX_MOE_ALIGN_WARP_SCAN_MAX (0: always the block scan).
+#ifndef JAX_MOE_ALIGN_WARP_SCAN_MAX
+#define JAX_MOE_ALIGN_WARP_SCAN_MAX 256
+#endif
+constexpr int kWarpScanRun = 8;
+constexpr int32_t kWarpScanMaxExperts = JAX_MOE_ALIGN_WARP_SCAN_MAX;
+static_assert(kWarpScanMaxExperts <= 32 * kWarpScanRun, "a lane holds kWarpScanRun experts");
+
+// Exclusive scan of the padded counts by one warp (lane i: experts [i * run,
+// (i + 1) * run)), num_local <= 32 * kWarpScanRun.
+__device__ inline void WarpScanExperts(const int32_t* counts, int32_t num_local, uint32_t bs,
+                                       int32_t* pstart) {
+  const int lane = threadIdx.x & 31;
+  const int32_t run = (num_local + 31) / 32;
+  const int32_t e0 = lane * run;
+  int32_t padded[kWarpScanRun];
+  int32_t sum = 0;
+#pragma unroll
+  for (int j = 0; j < kWarpScanRun; ++j) {
+    const uint32_t c = j < run && e0 + j < num_local ? counts[e0 + j] : 0;
+    padded[j] = static_cast<int32_t>((c + bs - 1) / bs * bs);
+    sum += padded[j];
+  }
+  int32_t inclusive = sum;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int32_t v = __shfl_up_sync(0xffffffffu, inclusive, d);
+    if (lane >= d) inclusive += v;
+  }
+  int32_t start = inclusive - sum;
+#pragma unroll
+  for (int j = 0; j < kWarpScanRun; ++j) {
+    if (j < run && e0 + j < num_local) pstart[e0 + j] = start;
+    start += padded[j];
+  }
+  if (lane == 31) pstart[num_local] = inclusive;
+}
+
 // Block-wide exclusive scan over experts of the padded counts, in one pass:
 // each thread first sums a run of consecutive experts. Writes pstart [0..L];
 // entry L holds the total (num_tokens_post_pad < 2^31: P < 2^31 is checked at
 // trace time, so every partial sum fits in 32 bits). counts must be visible to
-// all threads.
+// all threads; pstart is, after a barrier. Up to kWarpScanMaxExperts experts
+// warp 0 scans alone: the block scan's barrier and two passes over shared
+// memory cost ~1.2 k cycles even for 8 experts (H100 phase clocks).
 template <int kT>
 __device__ void ScanExperts(const int32_t* counts, int32_t num_local, int64_t block_size,
                             int32_t* pstart, typename ExpertScan<kT>::TempStorage& tmp) {
   const uint32_t bs = BlockSize32(block_size);
+  if (num_local <= kWarpScanMaxExperts) {
+    if (threadIdx.x < 32) WarpScanExperts(counts, num_local, bs, pstart);
+    return;
+  }
   auto padded = [bs](uint32_t c) { return static_cast<int32_t>((c + bs - 1) / bs * bs); };
   const int32_t per = (num_local + kT - 1) / kT;
   const int32_t e0 = threadIdx.x * per;

@@ -61,40 +61,60 @@ __host__ __device__ inline int32_t PartWords(int32_t L) {
 }
 
 // Shared words: before [L] | total [L] | pstart [L + 1] | part [2, PartWords] |
-// whist [W, L] | tile [chunk], for clusters counts [L] (the chunk's counts,
-// which the other CTAs read), and for the sorted scatter lstart [L + 1] |
+// whist [W, L] | tile [chunk], and for the sorted scatter lstart [L + 1] |
 // order [chunk].
-size_t SyncSharedBytes(int32_t chunk, int32_t L, bool sorted, bool cluster) {
+size_t SyncSharedBytes(int32_t chunk, int32_t L, bool sorted) {
   const int64_t tile = chunk > 0 ? chunk : 1;
   const int64_t words = 3 * int64_t{L} + 1 + 2 * int64_t{PartWords(L)} +
                         int64_t{RankWarps<kSyncThreads>(chunk, L)} * L + tile +
-                        (cluster ? int64_t{L} : 0) + (sorted ? int64_t{L} + 1 + tile : 0);
+                        (sorted ? int64_t{L} + 1 + tile : 0);
   return static_cast<size_t>(words) * sizeof(int32_t);
 }
 
 // before[e] := routes of expert e in rows [0, c) of rows [G, L] (row g's entry
 // e is row_value(g, e)); total[e] := in all rows. Fewer experts than threads:
-// each expert's rows are split into segs segments over several threads, whose
-// partial sums meet in part (2 x PartWords(L) words). A warp reads consecutive experts of one row (whole
-// sectors). Tried and dropped: an expert's segments on the lanes of one warp,
-// added by shuffles, 16 loads in flight per lane: each warp then read 4-8
-// rows' partial sectors, and the row sum took 1-3x longer from 64 CTAs on
-// (H100: 65536 x 2, E 64 at 128 CTAs: 3.4 k -> 10.3 k cycles).
+// each expert's rows are split into segs segments (at most one per row) over
+// several threads, whose partial sums meet in part (2 x PartWords(L) words). A
+// warp reads consecutive experts of one row (whole sectors). Up to kRowBatch
+// rows per segment a thread issues all its loads at once (one L2 round trip:
+// H200 phase clocks at the seed, 2 rows per segment, 3.1-3.3 k -> 2.2 k
+// cycles); longer segments keep the plain loop, which the compiler pipelines
+// and which was 1.2-1.4x faster there than batches of 8 (65536 x 8, E 256 at
+// 128 CTAs: 64 rows per segment, 6.7 k against 9.0 k cycles; 4096 x 8, E 1024
+// and 16384 x 8, E 1024 0.5 and 3.6 us slower per call with batches). Tried and
+// dropped: an expert's segments on the lanes of one warp, added by shuffles,
+// 16 loads in flight per lane: each warp then read 4-8 rows' partial sectors,
+// and the row sum took 1-3x longer from 64 CTAs on (H100: 65536 x 2, E 64 at
+// 128 CTAs: 3.4 k -> 10.3 k cycles).
+constexpr int kRowBatch = 8;
+
 template <typename RowValue>
 __device__ void SumRows(RowValue row_value, int32_t G, int32_t L, int32_t c, int32_t* part,
                         int32_t* before, int32_t* total) {
-  const int32_t segs = L < kSyncThreads ? kSyncThreads / L : 1;
+  const int32_t segs = L < kSyncThreads ? min(kSyncThreads / L, G) : 1;
   int32_t* part_before = part;
   int32_t* part_total = part + PartWords(L);
   for (int32_t t = threadIdx.x; t < segs * L; t += kSyncThreads) {
     const int32_t e = t % L, seg = t / L;
-    const int32_t g0 = static_cast<int32_t>(int64_t{G} * seg / segs);
-    const int32_t g1 = static_cast<int32_t>(int64_t{G} * (seg + 1) / segs);
+    // G <= 128 rows and seg < kSyncThreads: 32-bit products.
+    const int32_t g0 = static_cast<uint32_t>(G * seg) / static_cast<uint32_t>(segs);
+    const int32_t g1 = static_cast<uint32_t>(G * (seg + 1)) / static_cast<uint32_t>(segs);
     int32_t b = 0, all = 0;
-    for (int32_t g = g0; g < g1; ++g) {
-      const int32_t v = row_value(g, e);
-      if (g < c) b += v;
-      all += v;
+    if (g1 - g0 <= kRowBatch) {
+      int32_t v[kRowBatch];
+#pragma unroll
+      for (int j = 0; j < kRowBatch; ++j) v[j] = g0 + j < g1 ? row_value(g0 + j, e) : 0;
+#pragma unroll
+      for (int j = 0; j < kRowBatch; ++j) {
+        if (g0 + j < c) b += v[j];
+        all += v[j];
+      }
+    } else {
+      for (int32_t g = g0; g < g1; ++g) {
+        const int32_t v = row_value(g, e);
+        if (g < c) b += v;
+        all += v;
+      }
     }
     part_before[t] = b;
     part_total[t] = all;
@@ -137,12 +157,7 @@ __device__ void ScatterSorted(const int32_t* tile, int32_t n, int32_t per, int32
   }
 }
 
-// kCluster: the CTAs of one problem form a thread-block cluster (sm_90+):
-// chunk counts stay in shared memory and the others read them there
-// (distributed shared memory) after a hardware cluster barrier, instead of a
-// workspace row, a grid barrier and L2 reads. No workspace, no co-residency
-// across problems (each vmapped problem is its own cluster).
-template <typename Id, bool kCluster>
+template <typename Id>
 __global__ void __launch_bounds__(kSyncThreads)
     AlignGridSyncKernel(AlignCudaArgs a, int32_t chunk, int32_t sorted_scatter) {
   extern __shared__ __align__(16) int32_t smem[];
@@ -165,8 +180,6 @@ __global__ void __launch_bounds__(kSyncThreads)
   int32_t* tile = whist + W * L;           // [chunk] lane | rank << 16
   int32_t* lstart = tile + (chunk > 0 ? chunk : 1);  // sorted scatter: [L + 1] chunk starts
   int32_t* order = lstart + (L + 1);                 // sorted scatter: [chunk] k | e << 16
-  if constexpr (kCluster) lstart += L, order += L;   // clusters: [L] counts before them
-  int32_t* counts = lstart - L;                      // clusters: the chunk's counts
 
   GRIDSYNC_PHASE(0);
   ForLanes<kSyncItems>(
@@ -186,40 +199,21 @@ __global__ void __launch_bounds__(kSyncThreads)
   PrefixOverWarps(whist, W, L, before);  // before[e] := the chunk's count of e
   int32_t* rows = q.workspace;           // [G, L]
   // Publish the chunk's counts (same thread per expert as the prefix).
-  if constexpr (kCluster) {
-    for (int32_t e = threadIdx.x; e < L; e += kSyncThreads) counts[e] = before[e];
-  } else {
-    for (int32_t e = threadIdx.x; e < L; e += kSyncThreads)
-      rows[static_cast<int64_t>(c) * L + e] = before[e];
-  }
+  for (int32_t e = threadIdx.x; e < L; e += kSyncThreads)
+    rows[static_cast<int64_t>(c) * L + e] = before[e];
   // Sorted scatter: the chunk's own expert starts (a block size of 1 pads nothing).
   if (sorted_scatter) {
     __syncthreads();
     ScanExperts<kSyncThreads>(before, L, 1, lstart, scan_tmp);
   }
   GRIDSYNC_PHASE(3);
-  if constexpr (kCluster) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // Every CTA's counts are written (and visible to the cluster) after it.
-    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
-    cluster.sync();
-    GRIDSYNC_PHASE(4);
-    SumRows([&](int32_t g, int32_t e) { return cluster.map_shared_rank(counts, g)[e]; }, G, L, c,
-            part, before, total);
-    // Every CTA has read the others' counts before any moves on (and may exit).
-    cluster.sync();
-#else
-    __trap();  // the launcher takes clusters on sm_90+ only
-#endif
-  } else {
-    // Every CTA's row is written (and, by the barrier's fences, visible) after it.
-    cooperative_groups::this_grid().sync();
-    GRIDSYNC_PHASE(4);
-    // Rows written by other CTAs in this launch: read from L2, not a stale L1 line.
-    SumRows([&](int32_t g, int32_t e) { return __ldcg(rows + static_cast<int64_t>(g) * L + e); },
-            G, L, c, part, before, total);
-    __syncthreads();
-  }
+  // Every CTA's row is written (and, by the barrier's fences, visible) after it.
+  cooperative_groups::this_grid().sync();
+  GRIDSYNC_PHASE(4);
+  // Rows written by other CTAs in this launch: read from L2, not a stale L1 line.
+  SumRows([&](int32_t g, int32_t e) { return __ldcg(rows + static_cast<int64_t>(g) * L + e); },
+          G, L, c, part, before, total);
+  __syncthreads();
   GRIDSYNC_PHASE(5);
   ScanExperts<kSyncThreads>(total, L, p.block_size, pstart, scan_tmp);
   __syncthreads();
@@ -300,7 +294,9 @@ int64_t EnvInt(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   return x >= lo && x <= hi ? int64_t{x} : fallback;
 }
 
-// CTAs (chunks) of a problem: one per kSyncMinChunk routes up to the
+// CTAs (chunks) of a problem: one per kSyncMinChunk routes, and per L routes
+// when L is larger (a CTA's row costs every CTA L loads after the barrier:
+// H200, 4096 x 8, E 1024 took 14.95 us at 64 CTAs, 14.46 at 32), up to the
 // workspace's rows (align_plan::SyncRows), fewer for many experts (each CTA
 // reads G * L words after the barrier). For A/B runs,
 // JAX_MOE_ALIGN_GRIDSYNC_MIN_CHUNK raises the routes per CTA and
@@ -311,11 +307,16 @@ int64_t GridSyncCtas(int64_t numel, int32_t L) {
   static const int64_t row_words =
       EnvInt("JAX_MOE_ALIGN_GRIDSYNC_ROW_WORDS", kSyncRowWords, 1024, int64_t{1} << 20);
   int64_t g = align_plan::SyncRows(numel);  // the workspace holds this many rows
-  if (g > CeilDiv(numel, min_chunk)) g = CeilDiv(numel, min_chunk);
+  const int64_t chunk_at_least = min_chunk > L ? min_chunk : L;
+  if (g > CeilDiv(numel, chunk_at_least)) g = CeilDiv(numel, chunk_at_least);
   const int64_t by_rows = row_words / (L > 0 ? L : 1);
   if (g > by_rows) g = by_rows;
   return g < 1 ? 1 : g;
 }
+
+// Routes per CTA when G CTAs share numel routes (a multiple of 32: whole warp
+// steps).
+int64_t SyncChunk(int64_t numel, int64_t G) { return CeilDiv(CeilDiv(numel, G), 32) * 32; }
 
 }  // namespace
 
@@ -323,113 +324,30 @@ int64_t GridSyncCtas(int64_t numel, int32_t L) {
 int CopyGridSyncPhases(int64_t* out) { return CopyPhaseMarks(g_gridsync_phases, out); }
 #endif
 
-namespace {
-
-// Routes per CTA when G CTAs share numel routes (a multiple of 32: whole warp
-// steps).
-int64_t SyncChunk(int64_t numel, int64_t G) { return CeilDiv(CeilDiv(numel, G), 32) * 32; }
-
-// The launch of G CTAs per problem of a vmapped batch, kSyncThreads each, with
-// `bytes` of dynamic shared memory and one launch attribute (which must outlive
-// the launch call).
-cudaLaunchConfig_t SyncLaunchConfig(int64_t G, int64_t batch, size_t bytes, cudaStream_t stream,
-                                    cudaLaunchAttribute* attribute) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(G), static_cast<unsigned>(batch));
-  config.blockDim = dim3(kSyncThreads);
-  config.dynamicSmemBytes = bytes;
-  config.stream = stream;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  return config;
-}
-
-// ---- cluster variant (sm_90+) -----------------------------------------------
-// Not measured yet, so off unless JAX_MOE_ALIGN_CLUSTER=1 (A/B testing, read
-// once per process). Sizes: from kClusterMinRoutes routes while chunks of at
-// least kClusterMinChunk routes over at most kMaxClusterCtas CTAs (the
-// non-portable cluster size of H100/H200) stay <= kSmallTile.
-constexpr int64_t kMaxClusterCtas = 16;
-constexpr int64_t kClusterMinChunk = 256;
-constexpr int64_t kClusterMinRoutes = 1024;
-
-bool ClusterAllowed() {
-  static const bool allowed = [] {
-    const char* v = std::getenv("JAX_MOE_ALIGN_CLUSTER");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
-  return allowed;
-}
-
-// Whether the current device runs thread-block clusters (compute capability 9+).
-bool ClustersSupported() {
-  int device = 0, major = 0;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ==
-             cudaSuccess &&
-         major >= 9;
-}
-
-cudaError_t LaunchClusterAlign(const AlignCudaArgs& a, cudaStream_t stream, bool* launched) {
-  const AlignProblem& p = a.problem;
-  if (p.numel < kClusterMinRoutes || !ClustersSupported()) return cudaSuccess;
-  int64_t G = CeilDiv(p.numel, kClusterMinChunk);
-  if (G > kMaxClusterCtas) G = kMaxClusterCtas;
-  const int64_t chunk = SyncChunk(p.numel, G);
-  if (chunk > kSmallTile) return cudaSuccess;
-  const bool sorted = SortedScatter(chunk, p.num_local);
-  const size_t bytes = SyncSharedBytes(static_cast<int32_t>(chunk), p.num_local, sorted, true);
-  return WithIdType(a.id_kind, [&](auto id) {
-    auto kernel = AlignGridSyncKernel<decltype(id), true>;
-    cudaError_t err = AllowSharedBytes(kernel, bytes);
-    if (err == cudaSuccess && G > 8)
-      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (err != cudaSuccess) return err;
-    cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = static_cast<unsigned>(G);
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = 1;
-    const cudaLaunchConfig_t config = SyncLaunchConfig(G, a.batch, bytes, stream, &cluster);
-    // A cluster that cannot be placed at all: another path (the query's error
-    // is not sticky; clear it).
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess ||
-        clusters < 1) {
-      cudaGetLastError();
-      return cudaSuccess;
-    }
-    err = cudaLaunchKernelEx(&config, kernel, a, static_cast<int32_t>(chunk),
-                             static_cast<int32_t>(sorted));
-    *launched = err == cudaSuccess;
-    return err;
-  });
-}
-
-}  // namespace
-
 cudaError_t LaunchGridSyncAlign(const AlignCudaArgs& a, cudaStream_t stream, bool* launched) {
   *launched = false;
   const AlignProblem& p = a.problem;
-  if (ClusterAllowed()) {
-    const cudaError_t err = LaunchClusterAlign(a, stream, launched);
-    if (err != cudaSuccess || *launched) return err;
-  }
   if (!GridSyncAllowed() || !GridSyncSize(p.numel, p.num_local)) return cudaSuccess;
   const int64_t G = GridSyncCtas(p.numel, p.num_local);
   const int64_t chunk = SyncChunk(p.numel, G);
   if (chunk > kSmallTile) return cudaSuccess;
   const bool sorted = SortedScatter(chunk, p.num_local);
-  const size_t bytes = SyncSharedBytes(static_cast<int32_t>(chunk), p.num_local, sorted, false);
+  const size_t bytes = SyncSharedBytes(static_cast<int32_t>(chunk), p.num_local, sorted);
   return WithIdType(a.id_kind, [&](auto id) {
-    auto kernel = AlignGridSyncKernel<decltype(id), false>;
+    auto kernel = AlignGridSyncKernel<decltype(id)>;
     cudaError_t err = AllowSharedBytes(kernel, bytes);
     if (err != cudaSuccess) return err;
     if (G * a.batch > CoResidentCtas(kernel, bytes)) return cudaSuccess;  // another path
     cudaLaunchAttribute cooperative;
     cooperative.id = cudaLaunchAttributeCooperative;
     cooperative.val.cooperative = 1;
-    const cudaLaunchConfig_t config = SyncLaunchConfig(G, a.batch, bytes, stream, &cooperative);
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(G), static_cast<unsigned>(a.batch));
+    config.blockDim = dim3(kSyncThreads);
+    config.dynamicSmemBytes = bytes;
+    config.stream = stream;
+    config.attrs = &cooperative;
+    config.numAttrs = 1;
     err = cudaLaunchKernelEx(&config, kernel, a, static_cast<int32_t>(chunk),
                              static_cast<int32_t>(sorted));
     *launched = err == cudaSuccess;

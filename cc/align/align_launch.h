@@ -20,8 +20,7 @@ cudaError_t LaunchOneWarpAlign(const AlignCudaArgs& a, cudaStream_t stream);
 // kWarpRankMaxExperts, chunks of <= kSmallTile routes per CTA. Sets *launched to
 // false (and launches nothing) below its sizes (GridSyncSize), when the grid
 // could not be co-resident, the chunks would be too long, or
-// JAX_MOE_ALIGN_GRIDSYNC=0. With JAX_MOE_ALIGN_CLUSTER=1 it first tries the
-// same kernel as one thread-block cluster per problem (sm_90+, <= 16 CTAs).
+// JAX_MOE_ALIGN_GRIDSYNC=0.
 cudaError_t LaunchGridSyncAlign(const AlignCudaArgs& a, cudaStream_t stream, bool* launched);
 // One launch of several CTAs without inter-CTA communication (align_onepass.cu),
 // kOnePassMinRoutes < numel <= kOnePassMaxRoutes, num_local <= kWarpRankMaxExperts
