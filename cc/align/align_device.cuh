@@ -167,6 +167,12 @@ __device__ __forceinline__ uint32_t BlockSize32(int64_t block_size) {
 template <int kT>
 using ExpertScan = cub::BlockScan<int32_t, kT, cub::BLOCK_SCAN_WARP_SCANS>;
 
+// An expert's routes rounded up to whole blocks (c + bs - 1 < 2^32: c < 2^31,
+// bs < 2^31).
+__device__ __forceinline__ int32_t PaddedCount(uint32_t c, uint32_t bs) {
+  return static_cast<int32_t>((c + bs - 1) / bs * bs);
+}
+
 // Experts up to which warp 0 alone scans (ScanExperts): kWarpScanRun experts
 // per lane, loaded together, then shuffles; no block barrier. A/B builds may
 // set JAX_MOE_ALIGN_WARP_SCAN_MAX (0: always the block scan).
@@ -189,7 +195,7 @@ __device__ inline void WarpScanExperts(const int32_t* counts, int32_t num_local,
 #pragma unroll
   for (int j = 0; j < kWarpScanRun; ++j) {
     const uint32_t c = j < run && e0 + j < num_local ? counts[e0 + j] : 0;
-    padded[j] = static_cast<int32_t>((c + bs - 1) / bs * bs);
+    padded[j] = PaddedCount(c, bs);
     sum += padded[j];
   }
   int32_t inclusive = sum;
@@ -222,19 +228,18 @@ __device__ void ScanExperts(const int32_t* counts, int32_t num_local, int64_t bl
     if (threadIdx.x < 32) WarpScanExperts(counts, num_local, bs, pstart);
     return;
   }
-  auto padded = [bs](uint32_t c) { return static_cast<int32_t>((c + bs - 1) / bs * bs); };
   const int32_t per = (num_local + kT - 1) / kT;
   const int32_t e0 = threadIdx.x * per;
   int32_t sum = 0;
   for (int32_t j = 0; j < per; ++j)
-    if (e0 + j < num_local) sum += padded(counts[e0 + j]);
+    if (e0 + j < num_local) sum += PaddedCount(counts[e0 + j], bs);
   int32_t run, total;
   ExpertScan<kT>(tmp).ExclusiveSum(sum, run, total);
   for (int32_t j = 0; j < per; ++j) {
     const int32_t e = e0 + j;
     if (e >= num_local) break;
     pstart[e] = run;
-    run += padded(counts[e]);
+    run += PaddedCount(counts[e], bs);
   }
   if (threadIdx.x == 0) pstart[num_local] = total;
 }
